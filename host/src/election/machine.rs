@@ -1,0 +1,717 @@
+//! The election state machine: the one place where leadership changes.
+//!
+//! One task owns the ZooKeeper session and walks the states of
+//! [`ElectionState`]. Every transition goes through [`Machine::set_state`]
+//! and every event through [`Machine::emit`]; the lease that callers check
+//! before leader work is granted in [`Machine::grant`] and revoked in
+//! [`Machine::revoke`], always before the matching event is sent, so a caller
+//! can never see an event and still hold a stale lease.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
+use tracing::{debug, info, warn};
+use zookeeper_client as zk;
+
+use super::node::{self, Protection};
+use super::timing::{Backoff, Timing};
+use super::{
+    Command, DemoteReason, ElectionConfig, ElectionState, Fence, LeadershipEvent, Lease, Shared, Term,
+};
+
+const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
+    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+
+/// A session that lived this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
+
+/// Why the machine left a session.
+enum Exit {
+    /// The session is gone or must not be used any more: start a new one.
+    SessionLost,
+    /// Asked to leave the election.
+    Shutdown(Option<oneshot::Sender<()>>),
+}
+
+/// What to do after the election node of this session is given up.
+enum Rejoin {
+    /// Create a new node at once (ours vanished).
+    Now,
+    /// Stay out for a while (resigned), then create a new node.
+    After(Duration),
+}
+
+/// One established ZooKeeper session.
+struct Session {
+    client: zk::Client,
+    states: zk::StateWatcher,
+    id: i64,
+    timing: Timing,
+    started: Instant,
+}
+
+/// This participant's election node.
+#[derive(Clone, Debug)]
+struct OwnNode {
+    name: String,
+    path: String,
+    sequence: i64,
+    term: Term,
+}
+
+/// One consistent look at the election, taken right after a `sync`, so it is
+/// as fresh as the ensemble's leader at `at` (when the sync was sent).
+struct Look {
+    at: Instant,
+    children: Vec<String>,
+    own: Option<zk::Stat>,
+}
+
+type LookFuture = Pin<Box<dyn Future<Output = Result<Look, zk::Error>> + Send>>;
+type WatchFuture = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>;
+
+pub(super) struct Machine {
+    config: ElectionConfig,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<LeadershipEvent>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    protection: Protection,
+    reconnect: Backoff,
+    /// A resign asked for while not leading, handled at the next look.
+    resign_pending: Option<(Duration, oneshot::Sender<()>)>,
+}
+
+impl Machine {
+    pub(super) fn new(
+        config: ElectionConfig,
+        shared: Arc<Shared>,
+        events: mpsc::UnboundedSender<LeadershipEvent>,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Machine {
+        Machine {
+            config,
+            shared,
+            events,
+            commands,
+            protection: Protection::new(),
+            reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            resign_pending: None,
+        }
+    }
+
+    /// Runs until shut down: session after session, node after node.
+    pub(super) async fn run(mut self) {
+        let done = loop {
+            self.set_state(ElectionState::Joining);
+            let mut session = match self.connect().await {
+                Ok(session) => session,
+                Err(done) => break done,
+            };
+            match self.participate(&mut session).await {
+                Exit::SessionLost => {
+                    if session.started.elapsed() >= STABLE_SESSION {
+                        self.reconnect.reset();
+                    }
+                    self.close(session).await;
+                    let delay = self.reconnect.next_delay();
+                    info!(
+                        event = "rejoining",
+                        delay_ms = delay.as_millis() as u64,
+                        "starting a new session after a jittered backoff"
+                    );
+                    if let Err(done) = self.pause(delay).await {
+                        break done;
+                    }
+                }
+                Exit::Shutdown(done) => {
+                    self.close(session).await;
+                    break done;
+                }
+            }
+        };
+        self.set_state(ElectionState::Stopped);
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+        if let Some((_, done)) = self.resign_pending.take() {
+            let _ = done.send(());
+        }
+        // Out of the election for good: answer whatever else is asked.
+        while let Some(command) = self.commands.recv().await {
+            match command {
+                Command::Resign { done, .. } | Command::Shutdown { done } => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    // ----- transitions -------------------------------------------------
+
+    fn set_state(&self, state: ElectionState) {
+        self.shared.state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    fn emit(&self, event: LeadershipEvent) {
+        debug!(?event, "leadership event");
+        let _ = self.events.send(event);
+    }
+
+    /// Records a fresh proof: leader work may run until the lease ends.
+    fn grant(&self, session: &Session, node: &OwnNode, proof: Instant) {
+        let lease = Lease { term: node.term, expires: session.timing.lease_end(proof) };
+        *self.shared.lease.lock().unwrap() = Some(lease);
+        let mut fence = self.shared.fence.lock().unwrap();
+        if fence.as_ref().map(|f| f.term) != Some(node.term) {
+            *fence =
+                Some(Fence { client: session.client.clone(), node_path: node.path.clone(), term: node.term });
+        }
+    }
+
+    /// Withdraws the lease (and, unless merely suspended, the fence).
+    fn revoke(&self, keep_fence: bool) {
+        *self.shared.lease.lock().unwrap() = None;
+        if !keep_fence {
+            *self.shared.fence.lock().unwrap() = None;
+        }
+    }
+
+    fn elect(&self, session: &Session, node: &OwnNode, proof: Instant) {
+        self.grant(session, node, proof);
+        self.set_state(ElectionState::Leader { term: node.term });
+        self.emit(LeadershipEvent::Elected { term: node.term });
+    }
+
+    fn suspend(&self, term: Term, why: &str) {
+        self.revoke(true);
+        self.set_state(ElectionState::Suspended { term });
+        debug!(term = term.0, why, "leadership suspended");
+        self.emit(LeadershipEvent::Suspended { term });
+    }
+
+    fn resume(&self, session: &Session, node: &OwnNode, proof: Instant) {
+        self.grant(session, node, proof);
+        self.set_state(ElectionState::Leader { term: node.term });
+        self.emit(LeadershipEvent::Resumed { term: node.term });
+    }
+
+    fn demote(&self, term: Term, reason: DemoteReason) {
+        self.revoke(false);
+        self.set_state(ElectionState::Joining);
+        self.emit(LeadershipEvent::Demoted { term, reason });
+    }
+
+    // ----- sessions ----------------------------------------------------
+
+    /// Establishes a session, retrying with backoff until it works or we are
+    /// told to stop.
+    async fn connect(&mut self) -> Result<Session, Option<oneshot::Sender<()>>> {
+        let servers = self.config.connect.servers_string();
+        let requested = self.config.session_timeout;
+        loop {
+            let attempt =
+                zk::Client::connector().with_session_timeout(requested).with_fail_eagerly().connect(&servers);
+            let result = tokio::select! {
+                result = attempt => result,
+                command = self.commands.recv() => match command {
+                    None => return Err(None),
+                    Some(Command::Shutdown { done }) => return Err(Some(done)),
+                    Some(Command::Resign { done, .. }) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                },
+            };
+            let failure = match result {
+                Ok(client) => match self.open(client).await {
+                    Ok(session) => return Ok(session),
+                    Err(err) => err,
+                },
+                Err(err) => err,
+            };
+            let delay = self.reconnect.next_delay().max(Duration::from_millis(50));
+            warn!(
+                event = "zk_unreachable",
+                zk = %self.config.connect,
+                error = %failure,
+                attempt = self.reconnect.attempts(),
+                retry_in_ms = delay.as_millis() as u64,
+                "cannot reach the ZooKeeper ensemble; retrying"
+            );
+            self.pause(delay).await?;
+        }
+    }
+
+    /// Finishes setting up a connected client: timeout check and chroot.
+    async fn open(&mut self, client: zk::Client) -> Result<Session, zk::Error> {
+        let requested = self.config.session_timeout;
+        let negotiated = client.session_timeout();
+        if negotiated != requested {
+            warn!(
+                event = "session_timeout_clamped",
+                requested_ms = requested.as_millis() as u64,
+                negotiated_ms = negotiated.as_millis() as u64,
+                "the ensemble granted a different session timeout than requested (servers clamp it to 2-20 x tickTime); leases follow the granted one"
+            );
+        }
+        let client = match &self.config.connect.chroot {
+            None => client,
+            Some(chroot) => {
+                client.mkdir(chroot, &PERSISTENT).await?;
+                client.chroot(chroot.as_str()).map_err(|_| zk::Error::BadArguments(&"bad chroot"))?
+            }
+        };
+        let timing = Timing::new(negotiated);
+        *self.shared.timing.lock().unwrap() = Some(timing);
+        self.shared.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        let id = client.session_id().0;
+        info!(
+            event = "session",
+            session = format_args!("{id:#x}"),
+            timeout_ms = negotiated.as_millis() as u64,
+            "ZooKeeper session established"
+        );
+        let states = client.state_watcher();
+        Ok(Session { client, states, id, timing, started: Instant::now() })
+    }
+
+    /// Closes a session. The library closes it once the last client handle
+    /// is dropped; wait briefly for that so ephemeral nodes go at once.
+    async fn close(&mut self, session: Session) {
+        self.revoke(false);
+        let Session { client, mut states, .. } = session;
+        drop(client);
+        let closing = async {
+            while !states.peek_state().is_terminated() {
+                states.changed().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), closing).await.is_err() {
+            debug!("session did not confirm its close in time; it will expire on its own");
+        }
+    }
+
+    /// Sleeps, while answering commands; `Err` if told to shut down.
+    async fn pause(&mut self, delay: Duration) -> Result<(), Option<oneshot::Sender<()>>> {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                command = self.commands.recv() => match command {
+                    None => return Err(None),
+                    Some(Command::Shutdown { done }) => return Err(Some(done)),
+                    Some(Command::Resign { done, .. }) => { let _ = done.send(()); }
+                },
+            }
+        }
+    }
+
+    /// Waits out a ZooKeeper error: reconnection for a lost connection,
+    /// `Exit` for a lost session.
+    async fn recover(&mut self, session: &mut Session, err: zk::Error) -> Result<(), Exit> {
+        match err {
+            zk::Error::ConnectionLoss => self.await_connected(session).await,
+            zk::Error::SessionExpired
+            | zk::Error::ClientClosed
+            | zk::Error::AuthFailed
+            | zk::Error::SessionMoved => Err(Exit::SessionLost),
+            other => {
+                warn!(error = %other, "unexpected ZooKeeper error; retrying");
+                self.pause(Duration::from_millis(200)).await.map_err(Exit::Shutdown)
+            }
+        }
+    }
+
+    async fn await_connected(&mut self, session: &mut Session) -> Result<(), Exit> {
+        loop {
+            match session.states.peek_state() {
+                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => return Ok(()),
+                state if state.is_terminated() => return Err(Exit::SessionLost),
+                _ => {}
+            }
+            tokio::select! {
+                _ = session.states.changed() => {}
+                command = self.commands.recv() => self.defer(command)?,
+            }
+        }
+    }
+
+    /// Handles a command that arrives while not leading.
+    fn defer(&mut self, command: Option<Command>) -> Result<(), Exit> {
+        match command {
+            None => Err(Exit::Shutdown(None)),
+            Some(Command::Shutdown { done }) => Err(Exit::Shutdown(Some(done))),
+            Some(Command::Resign { rejoin_after, done }) => {
+                if let Some((_, earlier)) = self.resign_pending.replace((rejoin_after, done)) {
+                    let _ = earlier.send(());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ----- the election ------------------------------------------------
+
+    /// Takes part in the election for as long as the session lives.
+    async fn participate(&mut self, session: &mut Session) -> Exit {
+        loop {
+            let node = match self.join(session).await {
+                Ok(node) => node,
+                Err(exit) => return exit,
+            };
+            self.emit(LeadershipEvent::Joined {
+                node: node.name.clone(),
+                sequence: node.sequence,
+                session: session.id,
+            });
+            match self.contend(session, &node).await {
+                Ok(Rejoin::Now) => {}
+                Ok(Rejoin::After(delay)) => {
+                    self.set_state(ElectionState::Stopped);
+                    if let Err(done) = self.pause(delay).await {
+                        return Exit::Shutdown(done);
+                    }
+                }
+                Err(exit) => return exit,
+            }
+        }
+    }
+
+    /// Creates the election path and its parents if absent.
+    async fn ensure_parent(&mut self, session: &mut Session) -> Result<(), Exit> {
+        loop {
+            match session.client.mkdir(&self.config.path, &PERSISTENT).await {
+                Ok(()) => return Ok(()),
+                Err(err) => self.recover(session, err).await?,
+            }
+        }
+    }
+
+    /// Finds this process's node (from an interrupted create) or creates one.
+    ///
+    /// A node with our protected prefix but another session's `ephemeralOwner`
+    /// was left by an earlier session of ours: it would vanish under us, so it
+    /// is deleted rather than adopted. Only one node of ours ever survives.
+    async fn join(&mut self, session: &mut Session) -> Result<OwnNode, Exit> {
+        let parent = self.config.path.clone();
+        let data = self.config.participant.to_bytes();
+        'attempt: loop {
+            let children = match session.client.list_children(&parent).await {
+                Ok(children) => children,
+                Err(zk::Error::NoNode) => {
+                    self.ensure_parent(session).await?;
+                    continue;
+                }
+                Err(err) => {
+                    self.recover(session, err).await?;
+                    continue;
+                }
+            };
+            let mut kept: Option<OwnNode> = None;
+            let ours = node::in_order(&children).into_iter().filter(|(_, name)| self.protection.owns(name));
+            let ours: Vec<(i64, String)> = ours.map(|(seq, name)| (seq, name.to_string())).collect();
+            for (sequence, name) in ours {
+                let path = format!("{parent}/{name}");
+                match session.client.check_stat(&path).await {
+                    Ok(Some(stat)) if stat.ephemeral_owner == session.id && kept.is_none() => {
+                        debug!(node = %name, "found our node from an interrupted create");
+                        kept = Some(OwnNode { name, path, sequence, term: Term(stat.czxid as u64) });
+                    }
+                    Ok(Some(stat)) => {
+                        info!(node = %name, owner = format_args!("{:#x}", stat.ephemeral_owner), "deleting an election node left by an earlier session of ours");
+                        match session.client.delete(&path, None).await {
+                            Ok(()) | Err(zk::Error::NoNode) => {}
+                            Err(err) => {
+                                self.recover(session, err).await?;
+                                continue 'attempt;
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        self.recover(session, err).await?;
+                        continue 'attempt;
+                    }
+                }
+            }
+            if let Some(node) = kept {
+                return Ok(node);
+            }
+            let prefix = format!("{parent}/{}", self.protection.create_name());
+            match session.client.create(&prefix, &data, &EPHEMERAL_SEQUENTIAL).await {
+                Ok((stat, sequence)) => {
+                    let name = format!("{}{sequence}", self.protection.create_name());
+                    return Ok(OwnNode {
+                        path: format!("{parent}/{name}"),
+                        name,
+                        sequence: sequence.into_i64(),
+                        term: Term(stat.czxid as u64),
+                    });
+                }
+                Err(zk::Error::NoNode) => self.ensure_parent(session).await?,
+                // The create may have happened: the next attempt looks for it.
+                Err(err) => self.recover(session, err).await?,
+            }
+        }
+    }
+
+    /// Waits in line, watching only the node just ahead, until we lead.
+    async fn contend(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
+        let parent = self.config.path.clone();
+        loop {
+            if let Some((rejoin_after, done)) = self.resign_pending.take() {
+                self.delete_own(session, node).await?;
+                let _ = done.send(());
+                return Ok(Rejoin::After(rejoin_after));
+            }
+            let look = match look(&session.client, &parent, &node.path, true).await {
+                Ok(look) => look,
+                Err(zk::Error::NoNode) => return Ok(Rejoin::Now),
+                Err(err) => {
+                    self.recover(session, err).await?;
+                    continue;
+                }
+            };
+            self.shared.counters.reads.fetch_add(1, Ordering::Relaxed);
+            match look.own {
+                Some(stat) if stat.ephemeral_owner == session.id => {}
+                _ => {
+                    info!(node = %node.name, "our election node is gone; rejoining");
+                    return Ok(Rejoin::Now);
+                }
+            }
+            let order = node::in_order(&look.children);
+            let Some(position) = order.iter().position(|(_, name)| *name == node.name) else {
+                return Ok(Rejoin::Now);
+            };
+            if position == 0 {
+                return self.lead(session, node, look.at).await;
+            }
+            let ahead = order[position - 1].1.to_string();
+            self.set_state(ElectionState::Follower { ahead: ahead.clone(), position });
+            let watcher = match session.client.check_and_watch_stat(&format!("{parent}/{ahead}")).await {
+                Ok((Some(_), watcher)) => watcher,
+                // Gone between listing and watching: look again, don't wait.
+                Ok((None, _)) => continue,
+                Err(err) => {
+                    self.recover(session, err).await?;
+                    continue;
+                }
+            };
+            tokio::select! {
+                event = watcher.changed() => {
+                    if event.event_type != zk::EventType::Session {
+                        self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                state = session.states.changed() => {
+                    if state.is_terminated() {
+                        return Err(Exit::SessionLost);
+                    }
+                }
+                command = self.commands.recv() => self.defer(command)?,
+            }
+        }
+    }
+
+    /// Leads until the term ends; keeps the lease fresh and enforces the
+    /// deadline. Returns how to rejoin, or why the session must go.
+    async fn lead(&mut self, session: &mut Session, node: &OwnNode, proof: Instant) -> Result<Rejoin, Exit> {
+        let term = node.term;
+        let timing = session.timing;
+        let mut proof = proof;
+        self.elect(session, node, proof);
+        info!(
+            event = "lease",
+            term = term.0,
+            lease_ms = timing.lease.as_millis() as u64,
+            deadline_ms = timing.deadline.as_millis() as u64,
+            "leading"
+        );
+
+        let mut own_watch = match watch_own(&session.client, &node.path).await {
+            Ok(Some(watch)) => watch,
+            Ok(None) => {
+                self.demote(term, DemoteReason::NodeDeleted);
+                return Ok(Rejoin::Now);
+            }
+            Err(_) => Box::pin(std::future::pending()),
+        };
+        let mut suspended = false;
+        let mut refresh: Option<LookFuture> = None;
+        let mut next_refresh = proof + timing.refresh;
+
+        loop {
+            let lease_end = timing.lease_end(proof);
+            let demote_at = timing.demote_at(proof);
+            tokio::select! {
+                biased;
+                _ = sleep_until(demote_at.into()) => {
+                    warn!(term = term.0, since_proof_ms = proof.elapsed().as_millis() as u64, "no proof of leadership before the deadline; demoting before the session can expire");
+                    self.demote(term, DemoteReason::ConnectionLost);
+                    return Err(Exit::SessionLost);
+                }
+                command = self.commands.recv() => {
+                    let (reason, done, rejoin_after) = match command {
+                        None => (DemoteReason::Shutdown, None, None),
+                        Some(Command::Shutdown { done }) => (DemoteReason::Shutdown, Some(done), None),
+                        Some(Command::Resign { rejoin_after, done }) => (DemoteReason::Resigned, Some(done), Some(rejoin_after)),
+                    };
+                    self.demote(term, reason);
+                    drop(refresh);
+                    let deleted = self.delete_own(session, node).await;
+                    return match rejoin_after {
+                        Some(delay) => {
+                            deleted?;
+                            if let Some(done) = done { let _ = done.send(()); }
+                            Ok(Rejoin::After(delay))
+                        }
+                        None => Err(Exit::Shutdown(done)),
+                    };
+                }
+                state = session.states.changed() => match state {
+                    zk::SessionState::Disconnected => {
+                        refresh = None;
+                        if !suspended {
+                            suspended = true;
+                            self.suspend(term, "connection lost");
+                        }
+                    }
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        // Same session, maybe another server: check the node now.
+                        if refresh.is_none() {
+                            refresh = Some(start_look(&session.client, &self.config.path, &node.path));
+                        }
+                    }
+                    zk::SessionState::Expired => {
+                        self.demote(term, DemoteReason::SessionExpired);
+                        return Err(Exit::SessionLost);
+                    }
+                    _ => {
+                        self.demote(term, DemoteReason::ConnectionLost);
+                        return Err(Exit::SessionLost);
+                    }
+                },
+                event = &mut own_watch => match event.event_type {
+                    zk::EventType::NodeDeleted => {
+                        self.demote(term, DemoteReason::NodeDeleted);
+                        return Ok(Rejoin::Now);
+                    }
+                    // Session events are handled by the state watcher above.
+                    zk::EventType::Session => own_watch = Box::pin(std::future::pending()),
+                    _ => {
+                        own_watch = match watch_own(&session.client, &node.path).await {
+                            Ok(Some(watch)) => watch,
+                            Ok(None) => {
+                                self.demote(term, DemoteReason::NodeDeleted);
+                                return Ok(Rejoin::Now);
+                            }
+                            Err(_) => Box::pin(std::future::pending()),
+                        };
+                    }
+                },
+                result = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
+                    refresh = None;
+                    match result {
+                        Ok(look) if look.own.is_some_and(|stat| stat.ephemeral_owner == session.id) => {
+                            proof = look.at;
+                            next_refresh = proof + timing.refresh;
+                            if suspended {
+                                suspended = false;
+                                self.resume(session, node, proof);
+                            } else {
+                                self.grant(session, node, proof);
+                            }
+                        }
+                        Ok(_) => {
+                            self.demote(term, DemoteReason::NodeDeleted);
+                            return Ok(Rejoin::Now);
+                        }
+                        Err(zk::Error::SessionExpired) => {
+                            self.demote(term, DemoteReason::SessionExpired);
+                            return Err(Exit::SessionLost);
+                        }
+                        Err(err) => {
+                            // Connection loss: the state watcher starts the
+                            // next look on reconnect; otherwise retry soon.
+                            debug!(error = %err, "proof refresh failed");
+                            if !suspended && err == zk::Error::ConnectionLoss {
+                                suspended = true;
+                                self.suspend(term, "connection lost");
+                            }
+                            next_refresh = Instant::now() + timing.refresh.min(Duration::from_millis(100));
+                        }
+                    }
+                }
+                _ = sleep_until(lease_end.into()), if !suspended => {
+                    suspended = true;
+                    self.suspend(term, "lease ran out without a fresh proof");
+                }
+                _ = sleep_until(next_refresh.into()), if refresh.is_none() => {
+                    refresh = Some(start_look(&session.client, &self.config.path, &node.path));
+                }
+            }
+        }
+    }
+
+    /// Deletes our election node, riding out connection loss for as long as
+    /// the session could still be alive.
+    async fn delete_own(&mut self, session: &mut Session, node: &OwnNode) -> Result<(), Exit> {
+        let give_up = Instant::now() + session.timing.deadline;
+        loop {
+            match session.client.delete(&node.path, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
+                Err(zk::Error::ConnectionLoss) if Instant::now() < give_up => {
+                    let wait = tokio::time::timeout_at(give_up.into(), self.await_connected(session)).await;
+                    match wait {
+                        Ok(result) => result?,
+                        Err(_) => return Err(Exit::SessionLost),
+                    }
+                }
+                // The session is gone, and its ephemeral node with it.
+                Err(_) => return Err(Exit::SessionLost),
+            }
+        }
+    }
+}
+
+/// Sends `sync`, then reads the children and our own node, pipelined on one
+/// connection: the reads are served after the sync, so they reflect every
+/// write the ensemble committed before `at`.
+async fn look(client: &zk::Client, parent: &str, own: &str, with_children: bool) -> Result<Look, zk::Error> {
+    let at = Instant::now();
+    let sync = client.sync(parent);
+    let children = with_children.then(|| client.list_children(parent));
+    let own = client.check_stat(own);
+    sync.await?;
+    let children = match children {
+        Some(children) => children.await?,
+        None => Vec::new(),
+    };
+    let own = own.await?;
+    Ok(Look { at, children, own })
+}
+
+fn start_look(client: &zk::Client, parent: &str, own: &str) -> LookFuture {
+    let client = client.clone();
+    let (parent, own) = (parent.to_string(), own.to_string());
+    Box::pin(async move { look(&client, &parent, &own, false).await })
+}
+
+/// Watches our own node for deletion; `None` if it is already gone.
+async fn watch_own(client: &zk::Client, path: &str) -> Result<Option<WatchFuture>, zk::Error> {
+    match client.check_and_watch_stat(path).await? {
+        (Some(_), watcher) => Ok(Some(Box::pin(watcher.changed()))),
+        (None, _) => Ok(None),
+    }
+}

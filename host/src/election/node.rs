@@ -1,0 +1,141 @@
+//! Election node names and the data each participant stores in its node.
+//!
+//! Nodes are named the way Apache Curator's `LeaderLatch` names them,
+//! `_c_<uuid>-latch-<sequence>`, so zkrun and Curator participants can share
+//! one election: both order nodes by the sequence after `latch-`. The
+//! `_c_<uuid>-` prefix is unique to one zkrun process, which is what lets a
+//! create that was interrupted by a lost connection be found again instead of
+//! being retried blindly (Curator calls this "protection").
+
+use serde::{Deserialize, Serialize};
+
+/// The lock name Curator's `LeaderLatch` uses; the sequence follows it.
+const LATCH: &str = "latch-";
+
+/// The protected prefix of every node this process creates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protection {
+    prefix: String,
+}
+
+impl Protection {
+    /// A fresh random prefix for this process.
+    pub fn new() -> Protection {
+        Protection { prefix: format!("_c_{}-", uuid::Uuid::new_v4()) }
+    }
+
+    /// The name to pass to a sequential create: `_c_<uuid>-latch-`.
+    pub fn create_name(&self) -> String {
+        format!("{}{LATCH}", self.prefix)
+    }
+
+    /// Whether `node` was created by this process (in any session).
+    pub fn owns(&self, node: &str) -> bool {
+        node.starts_with(&self.prefix)
+    }
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Protection::new()
+    }
+}
+
+/// The sequence number of an election node, or `None` for children of the
+/// election path that are not participants (such as `state`).
+pub fn sequence(node: &str) -> Option<i64> {
+    let at = node.rfind(LATCH)?;
+    let digits = &node[at + LATCH.len()..];
+    if digits.len() < 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The participant nodes among `children`, lowest sequence (the leader) first.
+pub fn in_order(children: &[String]) -> Vec<(i64, &str)> {
+    let mut nodes: Vec<(i64, &str)> =
+        children.iter().filter_map(|c| sequence(c).map(|s| (s, c.as_str()))).collect();
+    nodes.sort_unstable();
+    nodes
+}
+
+/// What a zkrun participant writes into its election node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// The participant id (`--id`).
+    pub id: String,
+    /// The host name the participant runs on.
+    pub host: String,
+    /// The process id of the zkrun process.
+    pub pid: u32,
+}
+
+impl Participant {
+    /// Describes this process, with the given id.
+    pub fn this_process(id: impl Into<String>) -> Participant {
+        Participant { id: id.into(), host: hostname(), pid: std::process::id() }
+    }
+
+    /// The bytes stored in the election node.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("participant data serializes")
+    }
+
+    /// Reads a node's data: zkrun's JSON, or (for Curator participants) the
+    /// participant id as plain text.
+    pub fn from_bytes(data: &[u8]) -> Participant {
+        serde_json::from_slice(data).unwrap_or_else(|_| Participant {
+            id: String::from_utf8_lossy(data).into_owned(),
+            host: String::new(),
+            pid: 0,
+        })
+    }
+}
+
+/// This machine's host name, or `localhost` when it cannot be read.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_by_sequence_and_ignores_non_participants() {
+        let children: Vec<String> =
+            ["_c_b-latch-0000000012", "state", "_c_a-latch-0000000003", "latch-0000000007", "_c_c-latch-12"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let order = in_order(&children);
+        assert_eq!(
+            order,
+            vec![(3, "_c_a-latch-0000000003"), (7, "latch-0000000007"), (12, "_c_b-latch-0000000012")]
+        );
+    }
+
+    #[test]
+    fn protection_recognises_only_its_own_nodes() {
+        let p = Protection::new();
+        let mine = format!("{}0000000001", p.create_name());
+        assert!(p.owns(&mine));
+        assert!(!Protection::new().owns(&mine));
+        assert_eq!(sequence(&mine), Some(1));
+    }
+
+    #[test]
+    fn participant_data_round_trips_and_accepts_curator_ids() {
+        let p = Participant { id: "edge-1".into(), host: "h".into(), pid: 7 };
+        assert_eq!(Participant::from_bytes(&p.to_bytes()), p);
+        assert_eq!(Participant::from_bytes(b"curator-3").id, "curator-3");
+    }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what zkrun's build, tests and demo need, and nothing twice.
+#
+#   scripts/setup.sh            ZooKeeper + the wasm32-wasip2 toolchain
+#   scripts/setup.sh --bench    also the benchmark peers (Curator, kazoo)
+#
+# Safe to run again: it checks before it installs.
+set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+    case "$arg" in
+        --bench) bench=1 ;;
+        *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+
+# Debian packages: ZooKeeper for the ensemble the tests and demo start.
+packages=(zookeeper)
+# Without a rustup wasm32-wasip2 target (it cannot be downloaded on these
+# machines), Debian's Rust with its std source builds the plugins.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    packages+=(rustc-web cargo-web rust-web-src wasi-libc lld-22)
+fi
+if [ "$bench" = 1 ]; then
+    packages+=(libcurator-recipes-java python3-venv)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# rustc links wasm32-wasip2 components with wasm-component-ld, which
+# Debian's Rust does not ship: build it from crates.io once.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 \
+    && ! command -v wasm-component-ld >/dev/null 2>&1; then
+    echo "setup: installing wasm-component-ld (about 2 minutes)"
+    cargo install --locked wasm-component-ld --version 0.5.31
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+if [ "$bench" = 1 ]; then
+    root=$(cd "$(dirname "$0")/.." && pwd)
+    venv="$root/target/bench-venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "setup: creating $venv"
+        python3 -m venv "$venv"
+    fi
+    if ! "$venv/bin/python" -c 'import kazoo, matplotlib' 2>/dev/null; then
+        echo "setup: installing kazoo and matplotlib into $venv"
+        "$venv/bin/pip" install -q kazoo matplotlib
+    fi
+fi

@@ -1,0 +1,4 @@
+//! zkrun's integration suite: real ZooKeeper ensembles, real components,
+//! real zkrun processes. One test binary, so the host links once.
+
+mod election;
