@@ -8,6 +8,7 @@
 //! thread that started them: call the harness from the test body, not from a
 //! spawned task.
 
+pub mod capture;
 pub mod ensemble;
 pub mod paths;
 pub mod peer;

@@ -315,8 +315,13 @@ async fn deleted_election_path_is_recreated() {
     };
     assert!(peers[leader].election.confirmed().unwrap().term > term);
     assert!(client.check_stat(path).await.unwrap().is_some());
-    let participants = client.list_children(path).await.unwrap().len();
-    assert_eq!(participants, 3);
+    // Everyone rejoins, each with exactly one node.
+    zkrun_tests::wait_for_async("all three to rejoin", SOON, || {
+        let client = client.clone();
+        async move { (client.list_children(path).await.ok()?.len() == 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(leaders(&peers), vec![leader]);
 }
 
 /// A process that cannot run (here: its only runtime thread is blocked, as

@@ -2,3 +2,4 @@
 //! real zkrun processes. One test binary, so the host links once.
 
 mod election;
+mod runtime;

@@ -43,7 +43,20 @@ impl Guest for Heartbeat {
 
     fn on_demoted(reason: DemoteReason) {
         let ticks = TICKS.load(Ordering::Relaxed);
-        log(Level::Info, &format!("demoted: {reason:?} after {ticks} ticks"));
+        log(Level::Info, &format!("demoted: {} after {ticks} ticks", reason_name(reason)));
+    }
+}
+
+/// The reason as the WIT file spells it.
+fn reason_name(reason: DemoteReason) -> &'static str {
+    match reason {
+        DemoteReason::Shutdown => "shutdown",
+        DemoteReason::Resigned => "resigned",
+        DemoteReason::ConnectionLost => "connection-lost",
+        DemoteReason::SessionExpired => "session-expired",
+        DemoteReason::NodeDeleted => "node-deleted",
+        DemoteReason::PluginFailed => "plugin-failed",
+        DemoteReason::Reloading => "reloading",
     }
 }
 

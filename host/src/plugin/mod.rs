@@ -1,0 +1,486 @@
+//! The plugin runtime: loads a leader-only job as a WebAssembly component
+//! and runs its hooks, contained. It knows nothing of ZooKeeper: the caller
+//! says when a term starts and ends, and hands each leader hook a [`Permit`]
+//! that the runtime checks while the hook runs.
+//!
+//! - A [`Plugin`] is compiled and checked once ([`Runtime::load`]); every
+//!   term gets a fresh [`Instance`] from it, cheaply.
+//! - Each hook runs under a deadline and (for leader hooks) its permit,
+//!   enforced by epoch interruption, not by trusting the guest; linear memory
+//!   is capped; WASI grants nothing ambient.
+//! - A hook that fails returns a [`HookFailure`] saying how; the host process
+//!   is never at risk.
+
+mod bindings;
+mod limits;
+mod sandbox;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use bindings::{DemoteReason, Level};
+use bindings::{Job, JobPre, Leadership};
+pub use limits::{EPOCH_TICK, Interrupter, Permit, Stop};
+use limits::{EpochTicker, Gate, MemoryCap, TickerGuard};
+pub use sandbox::{DirGrant, Grants, LogContext};
+pub use validate::{Interface, LoadError};
+
+/// Default cap on a plugin instance's linear memory.
+pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+/// Default deadline of one hook call.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How plugins run on this host.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Cap on the linear memory of one instance, in bytes.
+    pub memory_limit: usize,
+    /// Deadline of every hook call (and of instantiation).
+    pub hook_timeout: Duration,
+    /// What the plugin may reach beyond its own memory.
+    pub grants: Grants,
+    /// The plugin's configuration (`--plugin-config`).
+    pub config: BTreeMap<String, String>,
+    /// This participant's id, for log lines.
+    pub participant: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            grants: Grants::default(),
+            config: BTreeMap::new(),
+            participant: String::new(),
+        }
+    }
+}
+
+/// The facts every leader hook receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// The term's fencing token.
+    pub term: u64,
+    /// This participant's id.
+    pub participant: String,
+    /// The election path.
+    pub election: String,
+}
+
+impl Facts {
+    fn to_wit(&self) -> Leadership {
+        Leadership { term: self.term, participant: self.participant.clone(), election: self.election.clone() }
+    }
+}
+
+/// A hook, or instantiation, as named in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Creating the instance.
+    Instantiate,
+    /// `on-elected`.
+    OnElected,
+    /// `tick`.
+    Tick,
+    /// `on-demoted`.
+    OnDemoted,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Instantiate => "instantiation",
+            Hook::OnElected => "on-elected",
+            Hook::Tick => "tick",
+            Hook::OnDemoted => "on-demoted",
+        })
+    }
+}
+
+/// How a hook call failed. Every variant displays as one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HookFailure {
+    /// The plugin returned `err`. The instance is intact.
+    #[error("{hook} returned an error: {message}")]
+    Returned {
+        /// The hook.
+        hook: Hook,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The plugin trapped (a Rust panic is a trap too).
+    #[error("{hook} trapped: {message}")]
+    Trapped {
+        /// The hook.
+        hook: Hook,
+        /// The trap and where it happened.
+        message: String,
+    },
+    /// The plugin tried to grow its memory past the cap.
+    #[error("{hook} ran out of memory: {stop}")]
+    OutOfMemory {
+        /// The hook.
+        hook: Hook,
+        /// The cap and the attempted size.
+        stop: Stop,
+    },
+    /// The hook ran past its deadline.
+    #[error("{hook} timed out: it {stop}")]
+    TimedOut {
+        /// The hook.
+        hook: Hook,
+        /// The deadline.
+        stop: Stop,
+    },
+    /// The permit was withdrawn while the hook ran (not the plugin's fault).
+    #[error("{hook} {}", Stop::PermitLost)]
+    PermitLost {
+        /// The hook.
+        hook: Hook,
+    },
+    /// The host interrupted the hook (not the plugin's fault).
+    #[error("{hook} {}", Stop::Interrupted)]
+    Interrupted {
+        /// The hook.
+        hook: Hook,
+    },
+    /// An earlier call failed and left the instance unusable.
+    #[error("{hook} not called: the instance failed earlier")]
+    Unusable {
+        /// The hook.
+        hook: Hook,
+    },
+    /// The host could not set up the sandbox (e.g. a granted directory is missing).
+    #[error("cannot set up the plugin sandbox: {0}")]
+    Sandbox(String),
+}
+
+impl HookFailure {
+    /// Whether the plugin is to blame (as opposed to the host stopping it).
+    pub fn is_plugin_fault(&self) -> bool {
+        !matches!(self, HookFailure::PermitLost { .. } | HookFailure::Interrupted { .. })
+    }
+
+    /// A short name for logs and metrics: `trap`, `timeout`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HookFailure::Returned { .. } => "error",
+            HookFailure::Trapped { .. } => "trap",
+            HookFailure::OutOfMemory { .. } => "out-of-memory",
+            HookFailure::TimedOut { .. } => "timeout",
+            HookFailure::PermitLost { .. } => "permit-lost",
+            HookFailure::Interrupted { .. } => "interrupted",
+            HookFailure::Unusable { .. } => "unusable",
+            HookFailure::Sandbox(_) => "sandbox",
+        }
+    }
+}
+
+/// Per-instance state inside the wasmtime store.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    gate: Arc<Gate>,
+    log: LogContext,
+    config: Arc<BTreeMap<String, String>>,
+    resignation: Option<String>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl bindings::zkrun::plugin::types::Host for StoreState {}
+
+impl bindings::zkrun::plugin::host::Host for StoreState {
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.gate.check()?;
+        sandbox::emit(&self.log, "log", level, &message);
+        Ok(())
+    }
+
+    async fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        self.gate.check()?;
+        Ok(self.config.get(&key).cloned())
+    }
+
+    async fn config_entries(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        self.gate.check()?;
+        Ok(self.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    async fn resign(&mut self, reason: String) -> wasmtime::Result<()> {
+        self.gate.check()?;
+        self.resignation = Some(reason);
+        Ok(())
+    }
+}
+
+/// Compiles plugins and creates their instances. One per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    ticker: EpochTicker,
+    config: RuntimeConfig,
+    config_map: Arc<BTreeMap<String, String>>,
+    participant: Arc<str>,
+}
+
+impl Runtime {
+    /// Sets up the engine (component model, epoch interruption) and the linker
+    /// (WASI 0.2 and the `host` interface).
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        Job::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            engine,
+            linker,
+            ticker,
+            config_map: Arc::new(config.config.clone()),
+            participant: Arc::from(config.participant.as_str()),
+            config,
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Reads, compiles and checks a plugin. CPU-heavy (tens of milliseconds):
+    /// call it from a blocking context.
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let component = validate::compile(&self.engine, path)?;
+        let interface = validate::check_interface(&self.engine, path, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| validate::unsatisfied_import(&self.engine, path, &component, &e))?;
+        let pre =
+            JobPre::new(pre).map_err(|e| LoadError::Incompatible(path.into(), validate::first_line(&e)))?;
+        let name =
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into());
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                name: Arc::from(name.as_str()),
+                path: path.to_path_buf(),
+                pre,
+                interface,
+                compile_time: started.elapsed(),
+            }),
+        })
+    }
+
+    /// Creates a fresh instance of `plugin` for `term` (`None` for an
+    /// instance that serves no term, such as a check).
+    pub async fn instantiate(&self, plugin: &Plugin, term: Option<u64>) -> Result<Instance, HookFailure> {
+        let gate = Arc::new(Gate::default());
+        let log =
+            LogContext { plugin: plugin.inner.name.clone(), participant: self.participant.clone(), term };
+        let wasi = sandbox::wasi_context(&self.config.grants, &gate, &log)
+            .map_err(|e| HookFailure::Sandbox(validate::first_line(&e)))?;
+        let state = StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(self.config.memory_limit),
+            gate: gate.clone(),
+            log,
+            config: self.config_map.clone(),
+            resignation: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        // Every epoch tick: yield to the executor, then go on only if the gate
+        // (deadline, permit, interrupt) still allows it.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| match ctx.data().gate.check() {
+            Ok(()) => Ok(UpdateDeadline::Yield(1)),
+            Err(stop) => Err(wasmtime::Error::new(stop)),
+        });
+        gate.open(self.config.hook_timeout, None);
+        let ticking = self.ticker.hold();
+        let job = plugin.inner.pre.instantiate_async(&mut store).await;
+        drop(ticking);
+        gate.close();
+        match job {
+            Ok(job) => Ok(Instance {
+                store,
+                job,
+                gate,
+                healthy: true,
+                ticking: None,
+                ticker: self.ticker.clone(),
+                timeout: self.config.hook_timeout,
+                plugin: plugin.clone(),
+            }),
+            Err(error) => Err(classify(Hook::Instantiate, error)),
+        }
+    }
+}
+
+/// A compiled, checked plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    name: Arc<str>,
+    path: PathBuf,
+    pre: JobPre<StoreState>,
+    interface: Interface,
+    compile_time: Duration,
+}
+
+impl Plugin {
+    /// The plugin's name: its file name without `.wasm`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// What it imports and exports.
+    pub fn interface(&self) -> &Interface {
+        &self.inner.interface
+    }
+
+    /// How long reading, compiling and checking took.
+    pub fn compile_time(&self) -> Duration {
+        self.inner.compile_time
+    }
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.inner.name).field("path", &self.inner.path).finish()
+    }
+}
+
+/// One instance of a plugin: serves one term, then is dropped.
+pub struct Instance {
+    store: Store<StoreState>,
+    job: Job,
+    gate: Arc<Gate>,
+    healthy: bool,
+    ticking: Option<TickerGuard>,
+    ticker: EpochTicker,
+    timeout: Duration,
+    plugin: Plugin,
+}
+
+impl Instance {
+    /// Calls `on-elected`, bounded by the deadline and `permit`.
+    pub async fn on_elected(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
+        self.enter(Hook::OnElected, Some(permit))?;
+        let result = self.job.call_on_elected(&mut self.store, &facts.to_wit()).await;
+        self.leave(Hook::OnElected, result)
+    }
+
+    /// Calls `tick`, bounded by the deadline and `permit`.
+    pub async fn tick(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
+        self.enter(Hook::Tick, Some(permit))?;
+        let result = self.job.call_tick(&mut self.store, &facts.to_wit()).await;
+        self.leave(Hook::Tick, result)
+    }
+
+    /// Calls `on-demoted`, bounded by the deadline only.
+    pub async fn on_demoted(&mut self, reason: DemoteReason) -> Result<(), HookFailure> {
+        self.enter(Hook::OnDemoted, None)?;
+        let result = self.job.call_on_demoted(&mut self.store, reason).await.map(Ok);
+        self.leave(Hook::OnDemoted, result)
+    }
+
+    /// A handle that stops this instance's leader hooks at once.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.gate.clone())
+    }
+
+    /// Whether hooks can still be called (no trap, timeout or interruption).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// The reason the plugin gave if it called `resign` (taken once).
+    pub fn take_resignation(&mut self) -> Option<String> {
+        self.store.data_mut().resignation.take()
+    }
+
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    fn enter(&mut self, hook: Hook, permit: Option<Arc<dyn Permit>>) -> Result<(), HookFailure> {
+        if !self.healthy {
+            return Err(HookFailure::Unusable { hook });
+        }
+        // Unhealthy until the call completes: a call abandoned half-way
+        // (its future dropped) leaves the store unusable.
+        self.healthy = false;
+        self.gate.open(self.timeout, permit);
+        self.ticking = Some(self.ticker.hold());
+        self.store.set_epoch_deadline(1);
+        Ok(())
+    }
+
+    fn leave(&mut self, hook: Hook, result: wasmtime::Result<Result<(), String>>) -> Result<(), HookFailure> {
+        self.ticking = None;
+        self.gate.close();
+        match result {
+            Ok(Ok(())) => {
+                self.healthy = true;
+                Ok(())
+            }
+            Ok(Err(message)) => {
+                self.healthy = true;
+                Err(HookFailure::Returned { hook, message })
+            }
+            Err(error) => Err(classify(hook, error)),
+        }
+    }
+}
+
+/// Turns a wasmtime error from a hook into the failure it stands for.
+fn classify(hook: Hook, error: wasmtime::Error) -> HookFailure {
+    if let Some(stop) = error.downcast_ref::<Stop>() {
+        return match stop {
+            Stop::TimedOut(_) => HookFailure::TimedOut { hook, stop: stop.clone() },
+            Stop::OutOfMemory { .. } => HookFailure::OutOfMemory { hook, stop: stop.clone() },
+            Stop::PermitLost => HookFailure::PermitLost { hook },
+            Stop::Interrupted => HookFailure::Interrupted { hook },
+        };
+    }
+    let mut message = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => validate::first_line(&error),
+    };
+    if let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>()
+        && let Some(name) = trace.frames().iter().find_map(|f| f.func_name())
+    {
+        message.push_str(&format!(" (in {name})"));
+    }
+    HookFailure::Trapped { hook, message }
+}

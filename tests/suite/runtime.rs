@@ -1,0 +1,371 @@
+//! The plugin runtime, with real components built from `plugins/`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use zkrun::plugin::{
+    DemoteReason, DirGrant, Facts, Grants, Hook, HookFailure, LoadError, Permit, Runtime, RuntimeConfig,
+};
+use zkrun_tests::TempDir;
+use zkrun_tests::capture::capture;
+use zkrun_tests::paths::plugin;
+
+fn runtime_with(f: impl FnOnce(&mut RuntimeConfig)) -> Runtime {
+    let mut config = RuntimeConfig { participant: "p1".into(), ..RuntimeConfig::default() };
+    f(&mut config);
+    Runtime::new(config).expect("runtime")
+}
+
+fn runtime() -> Runtime {
+    runtime_with(|_| {})
+}
+
+fn facts(term: u64) -> Facts {
+    Facts { term, participant: "p1".into(), election: "/zkrun/e/runtime".into() }
+}
+
+fn always() -> Arc<dyn Permit> {
+    Arc::new(|| true)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hooks_run_in_order_with_the_right_facts() {
+    let (logs, _guard) = capture();
+    let runtime = runtime();
+    let heartbeat = runtime.load(&plugin("heartbeat")).expect("heartbeat loads");
+    let mut instance = runtime.instantiate(&heartbeat, Some(7)).await.unwrap();
+    instance.on_elected(&facts(7), always()).await.unwrap();
+    for _ in 0..3 {
+        instance.tick(&facts(7), always()).await.unwrap();
+    }
+    instance.on_demoted(DemoteReason::Resigned).await.unwrap();
+
+    assert_eq!(
+        logs.plugin_lines(),
+        vec![
+            "elected: term 7 id p1 (ticks before this term in this instance: 0)",
+            "heartbeat: leading /zkrun/e/runtime with term 7",
+            "I am Leader: term 7 id p1 tick 1",
+            "I am Leader: term 7 id p1 tick 2",
+            "I am Leader: term 7 id p1 tick 3",
+            "demoted: resigned after 3 ticks",
+        ]
+    );
+    // Each line is tagged with the plugin, participant, term and stream.
+    let events: Vec<_> = logs.events().into_iter().filter(|r| r.get("event") == "plugin_log").collect();
+    assert!(events.iter().all(|r| r.get("plugin") == "heartbeat" && r.get("id") == "p1"));
+    assert!(events.iter().all(|r| r.get("term") == "7"), "{events:?}");
+    assert_eq!(events[1].get("stream"), "stdout", "println! reaches the log as stdout");
+    assert_eq!(events[0].get("stream"), "log");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_term_gets_a_fresh_instance() {
+    let (logs, _guard) = capture();
+    let runtime = runtime();
+    let heartbeat = runtime.load(&plugin("heartbeat")).unwrap();
+    for term in [10, 11] {
+        let mut instance = runtime.instantiate(&heartbeat, Some(term)).await.unwrap();
+        instance.on_elected(&facts(term), always()).await.unwrap();
+        instance.tick(&facts(term), always()).await.unwrap();
+        instance.tick(&facts(term), always()).await.unwrap();
+        instance.on_demoted(DemoteReason::Shutdown).await.unwrap();
+    }
+    let lines = logs.plugin_lines();
+    // The instance counter starts at zero again: no memory survives a term.
+    let elected: Vec<&String> = lines.iter().filter(|l| l.starts_with("elected")).collect();
+    assert_eq!(
+        elected,
+        vec![
+            "elected: term 10 id p1 (ticks before this term in this instance: 0)",
+            "elected: term 11 id p1 (ticks before this term in this instance: 0)",
+        ]
+    );
+    assert!(lines.contains(&"I am Leader: term 11 id p1 tick 1".to_string()));
+}
+
+/// After a failure the runtime still serves: a fresh instance works.
+async fn still_serves(runtime: &Runtime) {
+    let heartbeat = runtime.load(&plugin("heartbeat")).unwrap();
+    let mut next = runtime.instantiate(&heartbeat, Some(99)).await.unwrap();
+    next.on_elected(&facts(99), always()).await.unwrap();
+    next.tick(&facts(99), always()).await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_plugin_that_loops_is_stopped_at_its_deadline() {
+    let runtime = runtime_with(|c| c.hook_timeout = Duration::from_millis(300));
+    let spin = runtime.load(&plugin("spin")).unwrap();
+    let mut instance = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    instance.on_elected(&facts(1), always()).await.unwrap();
+    let failure = instance.tick(&facts(1), always()).await.unwrap_err();
+    assert!(matches!(failure, HookFailure::TimedOut { hook: Hook::Tick, .. }), "{failure}");
+    assert!(failure.is_plugin_fault());
+    assert!(failure.to_string().contains("300ms"), "{failure}");
+    assert!(!instance.is_healthy());
+    // The trapped instance is not called again.
+    let again = instance.tick(&facts(1), always()).await.unwrap_err();
+    assert_eq!(again, HookFailure::Unusable { hook: Hook::Tick });
+    // on-demoted goes to a fresh instance.
+    let mut fresh = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    fresh.on_demoted(DemoteReason::PluginFailed).await.unwrap();
+    still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_plugin_that_allocates_without_end_hits_the_memory_cap() {
+    let runtime = runtime_with(|c| c.memory_limit = 16 << 20);
+    let hog = runtime.load(&plugin("hog")).unwrap();
+    let mut instance = runtime.instantiate(&hog, Some(1)).await.unwrap();
+    instance.on_elected(&facts(1), always()).await.unwrap();
+    let failure = instance.tick(&facts(1), always()).await.unwrap_err();
+    assert!(matches!(failure, HookFailure::OutOfMemory { hook: Hook::Tick, .. }), "{failure}");
+    assert!(failure.to_string().contains("16 MiB cap"), "{failure}");
+    still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panic_is_a_trap() {
+    let runtime = runtime();
+    let panic = runtime.load(&plugin("panic")).unwrap();
+    let mut instance = runtime.instantiate(&panic, Some(3)).await.unwrap();
+    let failure = instance.on_elected(&facts(3), always()).await.unwrap_err();
+    match &failure {
+        HookFailure::Trapped { hook: Hook::OnElected, message } => {
+            assert!(message.contains("unreachable"), "{message}")
+        }
+        other => panic!("expected a trap, got {other}"),
+    }
+    assert!(!instance.is_healthy());
+    still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_trap_on_purpose_is_reported_with_its_place() {
+    let runtime = runtime_with(|c| {
+        c.config.insert("trap-on-tick".into(), "2".into());
+    });
+    let trap = runtime.load(&plugin("trap")).unwrap();
+    let mut instance = runtime.instantiate(&trap, Some(4)).await.unwrap();
+    instance.on_elected(&facts(4), always()).await.unwrap();
+    instance.tick(&facts(4), always()).await.unwrap();
+    let failure = instance.tick(&facts(4), always()).await.unwrap_err();
+    match &failure {
+        HookFailure::Trapped { hook: Hook::Tick, message } => {
+            assert!(message.contains("unreachable"), "{message}")
+        }
+        other => panic!("expected a trap, got {other}"),
+    }
+    assert_eq!(failure.to_string().lines().count(), 1);
+    still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_returned_error_leaves_the_instance_intact() {
+    let runtime = runtime_with(|c| {
+        c.config.insert("ticks-per-term".into(), "zero".into());
+    });
+    let rotate = runtime.load(&plugin("rotate")).unwrap();
+    let mut instance = runtime.instantiate(&rotate, Some(5)).await.unwrap();
+    let failure = instance.on_elected(&facts(5), always()).await.unwrap_err();
+    match &failure {
+        HookFailure::Returned { hook: Hook::OnElected, message } => {
+            assert!(message.contains("ticks-per-term"))
+        }
+        other => panic!("expected a returned error, got {other}"),
+    }
+    assert!(failure.is_plugin_fault());
+    assert!(instance.is_healthy());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn config_and_resign_reach_the_plugin() {
+    let (logs, _guard) = capture();
+    let runtime = runtime_with(|c| {
+        c.config.insert("ticks-per-term".into(), "2".into());
+        c.config.insert("message".into(), "compacting".into());
+    });
+    let rotate = runtime.load(&plugin("rotate")).unwrap();
+    let mut instance = runtime.instantiate(&rotate, Some(6)).await.unwrap();
+    instance.on_elected(&facts(6), always()).await.unwrap();
+    instance.tick(&facts(6), always()).await.unwrap();
+    assert_eq!(instance.take_resignation(), None);
+    instance.tick(&facts(6), always()).await.unwrap();
+    assert_eq!(instance.take_resignation().as_deref(), Some("done 2 ticks in term 6"));
+    let lines = logs.plugin_lines();
+    assert_eq!(lines[0], "elected: term 6; will resign after 2 ticks (config keys: message, ticks-per-term)");
+    assert_eq!(lines[1], "compacting: term 6 tick 1/2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_can_interrupt_a_running_hook() {
+    let runtime = runtime_with(|c| c.hook_timeout = Duration::from_secs(120));
+    let spin = runtime.load(&plugin("spin")).unwrap();
+    let mut instance = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    instance.on_elected(&facts(1), always()).await.unwrap();
+    let interrupter = instance.interrupter();
+    let running = tokio::spawn(async move {
+        let result = instance.tick(&facts(1), always()).await;
+        (instance, result)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    interrupter.interrupt();
+    let (instance, result) = running.await.unwrap();
+    let failure = result.unwrap_err();
+    assert_eq!(failure, HookFailure::Interrupted { hook: Hook::Tick });
+    assert!(!failure.is_plugin_fault());
+    // The interrupted instance is done; on-demoted runs on a fresh one.
+    assert!(!instance.is_healthy());
+    let mut fresh = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    fresh.on_demoted(DemoteReason::ConnectionLost).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_stops_when_its_permit_is_withdrawn() {
+    let runtime = runtime_with(|c| c.hook_timeout = Duration::from_secs(120));
+    let spin = runtime.load(&plugin("spin")).unwrap();
+    let mut instance = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    let lease = Arc::new(AtomicBool::new(true));
+    let held = lease.clone();
+    let permit: Arc<dyn Permit> = Arc::new(move || held.load(Ordering::SeqCst));
+    instance.on_elected(&facts(1), permit.clone()).await.unwrap();
+    let running = tokio::spawn(async move { instance.tick(&facts(1), permit).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lease.store(false, Ordering::SeqCst);
+    let failure = running.await.unwrap().unwrap_err();
+    assert_eq!(failure, HookFailure::PermitLost { hook: Hook::Tick });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_host_call_is_served_without_a_permit() {
+    let (logs, _guard) = capture();
+    let runtime = runtime();
+    let heartbeat = runtime.load(&plugin("heartbeat")).unwrap();
+    let mut instance = runtime.instantiate(&heartbeat, Some(8)).await.unwrap();
+    instance.on_elected(&facts(8), always()).await.unwrap();
+    logs.clear();
+    let lost: Arc<dyn Permit> = Arc::new(|| false);
+    let failure = instance.tick(&facts(8), lost).await.unwrap_err();
+    assert_eq!(failure, HookFailure::PermitLost { hook: Hook::Tick });
+    assert!(logs.plugin_lines().is_empty(), "a refused tick must have no effect: {:?}", logs.plugin_lines());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_sandbox_grants_nothing_by_default() {
+    let (logs, _guard) = capture();
+    let runtime = runtime_with(|c| {
+        c.config.insert("file".into(), "/etc/hostname".into());
+    });
+    let probe = runtime.load(&plugin("probe")).unwrap();
+    let mut instance = runtime.instantiate(&probe, Some(1)).await.unwrap();
+    instance.tick(&facts(1), always()).await.unwrap();
+    let lines = logs.plugin_lines();
+    assert_eq!(lines[0], "env: 0 variables []", "{lines:?}");
+    assert!(lines[1].starts_with("file /etc/hostname: error"), "{lines:?}");
+    assert!(lines[2].starts_with("tcp 127.0.0.1:2181: error"), "{lines:?}");
+    assert!(std::env::vars().next().is_some(), "the host itself has an environment");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn explicit_grants_open_a_directory_and_variables() {
+    let (logs, _guard) = capture();
+    let dir = TempDir::new("grant");
+    std::fs::write(dir.path().join("greeting.txt"), "hello from the host\n").unwrap();
+    let runtime = runtime_with(|c| {
+        c.grants = Grants {
+            dirs: vec![DirGrant { host: dir.path().to_path_buf(), guest: "/data".into(), read_only: true }],
+            env: vec![("REGION".into(), "eu-1".into())],
+        };
+        c.config = BTreeMap::from([("file".into(), "/data/greeting.txt".into())]);
+    });
+    let probe = runtime.load(&plugin("probe")).unwrap();
+    let mut instance = runtime.instantiate(&probe, Some(1)).await.unwrap();
+    instance.tick(&facts(1), always()).await.unwrap();
+    let lines = logs.plugin_lines();
+    assert_eq!(lines[0], "env: 1 variables [REGION=eu-1]");
+    assert_eq!(lines[1], "file /data/greeting.txt: read 20 bytes: hello from the host");
+    // Network stays closed: there is no grant for it.
+    assert!(lines[2].contains("error"), "{lines:?}");
+}
+
+fn load_error(name_or_path: &std::path::Path) -> LoadError {
+    runtime().load(name_or_path).expect_err("must be rejected")
+}
+
+fn assert_one_line(error: &LoadError, needles: &[&str]) {
+    let text = error.to_string();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "{text:?} should mention {needle:?}");
+    }
+}
+
+#[test]
+fn each_bad_plugin_gets_a_clear_one_line_error() {
+    let dir = TempDir::new("bad-plugins");
+
+    let missing = dir.path().join("missing.wasm");
+    let e = load_error(&missing);
+    assert!(matches!(e, LoadError::NotFound(_)));
+    assert_one_line(&e, &["missing.wasm", "does not exist"]);
+
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "this is not wasm").unwrap();
+    let e = load_error(&text);
+    assert!(matches!(e, LoadError::NotWasm(_)));
+    assert_one_line(&e, &["notes.wasm", "not a WebAssembly file"]);
+
+    // A real core module (one exported function), not a component.
+    let core = dir.path().join("core.wasm");
+    let module: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: () -> ()
+        0x03, 0x02, 0x01, 0x00, // function section
+        0x07, 0x08, 0x01, 0x04, b't', b'i', b'c', b'k', 0x00, 0x00, // export "tick"
+        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
+    ];
+    wasmtime::Module::new(&wasmtime::Engine::default(), module).expect("a valid core module");
+    std::fs::write(&core, module).unwrap();
+    let e = load_error(&core);
+    assert!(matches!(e, LoadError::CoreModule(_)));
+    assert_one_line(&e, &["core WebAssembly module", "wasm32-wasip2"]);
+
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(plugin("heartbeat")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_error(&truncated);
+    assert!(matches!(e, LoadError::Invalid(..)));
+    assert_one_line(&e, &["truncated.wasm", "not a valid WebAssembly component"]);
+
+    let e = load_error(&plugin("wrong-version"));
+    assert!(matches!(&e, LoadError::WrongVersion { found, .. } if found == "0.2.0"), "{e}");
+    assert_one_line(&e, &["zkrun:plugin@0.2.0", "serves zkrun:plugin@0.1.x"]);
+
+    let e = load_error(&plugin("unknown-import"));
+    assert!(
+        matches!(&e, LoadError::NotGranted { import, .. } if import == "acme:vault-job/secrets@0.1.0"),
+        "{e}"
+    );
+    assert_one_line(&e, &["acme:vault-job/secrets@0.1.0", "does not grant"]);
+
+    let e = load_error(&plugin("incomplete"));
+    assert!(
+        matches!(&e, LoadError::MissingExports { missing, .. } if missing == &["on-elected", "on-demoted"]),
+        "{e}"
+    );
+    assert_one_line(&e, &["does not export on-elected, on-demoted", "zkrun:plugin/job"]);
+}
+
+#[test]
+fn a_good_plugin_reports_what_it_imports_and_exports() {
+    let heartbeat = runtime().load(&plugin("heartbeat")).unwrap();
+    let interface = heartbeat.interface();
+    assert!(interface.imports.iter().any(|i| i.starts_with("zkrun:plugin/host@0.1.0")), "{interface:?}");
+    assert!(interface.imports.iter().any(|i| i.starts_with("wasi:cli/stdout@0.2")), "{interface:?}");
+    for hook in ["on-elected (func)", "tick (func)", "on-demoted (func)"] {
+        assert!(interface.exports.iter().any(|e| e == hook), "{interface:?}");
+    }
+    assert_eq!(heartbeat.name(), "heartbeat");
+}
