@@ -5,10 +5,16 @@
 //!   WebAssembly).
 //! - [`plugin`]: the WebAssembly runtime for the job (knows nothing of
 //!   ZooKeeper).
+//! - [`supervisor`]: the one place where leadership drives the job.
+//! - [`cli`], [`status`], [`logging`]: the `zkrun` command.
 //! - [`zkpath`]: connect strings and node paths, checked up front.
 //! - [`clock`]: the machine's monotonic clock as a number.
 
+pub mod cli;
 pub mod clock;
 pub mod election;
+pub mod logging;
 pub mod plugin;
+pub mod status;
+pub mod supervisor;
 pub mod zkpath;

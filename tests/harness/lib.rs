@@ -10,12 +10,16 @@
 
 pub mod capture;
 pub mod ensemble;
+pub mod events;
 pub mod paths;
 pub mod peer;
+pub mod process;
 pub mod proxy;
 
 pub use ensemble::{Ensemble, EnsembleOptions};
+pub use events::{Event, EventLog};
 pub use peer::Peer;
+pub use process::Zkrun;
 pub use proxy::Proxy;
 
 use std::time::{Duration, Instant};

@@ -7,13 +7,15 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// The `zkrun` binary built next to the running test binary
+/// The `zkrun` binary built with the running test or demo binary
 /// (`target/<profile>/zkrun`).
 pub fn zkrun_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary>
-    let profile_dir =
-        exe.parent().and_then(|d| d.parent()).expect("test binary lives in target/<profile>/deps");
+    // Tests live in target/<profile>/deps/, binaries in target/<profile>/.
+    let mut profile_dir = exe.parent().expect("binary has a directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("deps has a parent");
+    }
     let bin = profile_dir.join("zkrun");
     assert!(
         bin.exists(),

@@ -1,5 +1,6 @@
 //! zkrun's integration suite: real ZooKeeper ensembles, real components,
 //! real zkrun processes. One test binary, so the host links once.
 
+mod cli;
 mod election;
 mod runtime;

@@ -285,8 +285,9 @@ impl Machine {
         Ok(Session { client, states, id, timing, started: Instant::now() })
     }
 
-    /// Closes a session. The library closes it once the last client handle
-    /// is dropped; wait briefly for that so ephemeral nodes go at once.
+    /// Closes a session, which deletes its ephemeral election node in the
+    /// same transaction. The library closes it once the last client handle
+    /// is dropped; wait briefly for that so the node goes at once.
     async fn close(&mut self, session: Session) {
         self.revoke(false);
         let Session { client, mut states, .. } = session;
@@ -475,7 +476,14 @@ impl Machine {
                 return Ok(Rejoin::After(rejoin_after));
             }
             let look = match look(&session.client, &parent, &node.path, true).await {
-                Ok(look) => look,
+                Ok(look) => {
+                    debug!(
+                        took_us = look.at.elapsed().as_micros() as u64,
+                        mono_ns = crate::clock::monotonic_ns(),
+                        "looked at the election"
+                    );
+                    look
+                }
                 Err(zk::Error::NoNode) => return Ok(Rejoin::Now),
                 Err(err) => {
                     self.recover(session, err).await?;
@@ -510,6 +518,7 @@ impl Machine {
             };
             tokio::select! {
                 event = watcher.changed() => {
+                    debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
                     if event.event_type != zk::EventType::Session {
                         self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
                     }
@@ -562,21 +571,25 @@ impl Machine {
                     return Err(Exit::SessionLost);
                 }
                 command = self.commands.recv() => {
-                    let (reason, done, rejoin_after) = match command {
-                        None => (DemoteReason::Shutdown, None, None),
-                        Some(Command::Shutdown { done }) => (DemoteReason::Shutdown, Some(done), None),
-                        Some(Command::Resign { rejoin_after, done }) => (DemoteReason::Resigned, Some(done), Some(rejoin_after)),
-                    };
-                    self.demote(term, reason);
                     drop(refresh);
-                    let deleted = self.delete_own(session, node).await;
-                    return match rejoin_after {
-                        Some(delay) => {
-                            deleted?;
-                            if let Some(done) = done { let _ = done.send(()); }
-                            Ok(Rejoin::After(delay))
+                    return match command {
+                        Some(Command::Resign { rejoin_after, done }) => {
+                            self.demote(term, DemoteReason::Resigned);
+                            self.delete_own(session, node).await?;
+                            let _ = done.send(());
+                            Ok(Rejoin::After(rejoin_after))
                         }
-                        None => Err(Exit::Shutdown(done)),
+                        // Closing the session deletes the node in the same
+                        // transaction: one write for the successor to wait
+                        // on, not two (see `run`).
+                        Some(Command::Shutdown { done }) => {
+                            self.demote(term, DemoteReason::Shutdown);
+                            Err(Exit::Shutdown(Some(done)))
+                        }
+                        None => {
+                            self.demote(term, DemoteReason::Shutdown);
+                            Err(Exit::Shutdown(None))
+                        }
                     };
                 }
                 state = session.states.changed() => match state {
@@ -667,10 +680,14 @@ impl Machine {
     /// Deletes our election node, riding out connection loss for as long as
     /// the session could still be alive.
     async fn delete_own(&mut self, session: &mut Session, node: &OwnNode) -> Result<(), Exit> {
-        let give_up = Instant::now() + session.timing.deadline;
+        let started = Instant::now();
+        let give_up = started + session.timing.deadline;
         loop {
             match session.client.delete(&node.path, None).await {
-                Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
+                Ok(()) | Err(zk::Error::NoNode) => {
+                    debug!(node = %node.name, took_us = started.elapsed().as_micros() as u64, mono_ns = crate::clock::monotonic_ns(), "deleted our election node");
+                    return Ok(());
+                }
                 Err(zk::Error::ConnectionLoss) if Instant::now() < give_up => {
                     let wait = tokio::time::timeout_at(give_up.into(), self.await_connected(session)).await;
                     match wait {

@@ -170,6 +170,20 @@ impl HookFailure {
         !matches!(self, HookFailure::PermitLost { .. } | HookFailure::Interrupted { .. })
     }
 
+    /// The hook that failed (`None` for sandbox set-up).
+    pub fn hook(&self) -> Option<Hook> {
+        match self {
+            HookFailure::Returned { hook, .. }
+            | HookFailure::Trapped { hook, .. }
+            | HookFailure::OutOfMemory { hook, .. }
+            | HookFailure::TimedOut { hook, .. }
+            | HookFailure::PermitLost { hook }
+            | HookFailure::Interrupted { hook }
+            | HookFailure::Unusable { hook } => Some(*hook),
+            HookFailure::Sandbox(_) => None,
+        }
+    }
+
     /// A short name for logs and metrics: `trap`, `timeout`, ...
     pub fn kind(&self) -> &'static str {
         match self {

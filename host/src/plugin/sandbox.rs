@@ -53,9 +53,10 @@ pub struct LogContext {
 pub fn emit(context: &LogContext, stream: &'static str, level: Level, message: &str) {
     let term = context.term;
     let (plugin, id) = (&*context.plugin, &*context.participant);
+    let mono_ns = crate::clock::monotonic_ns();
     macro_rules! at {
         ($level:ident) => {
-            tracing::$level!(event = "plugin_log", plugin, id, term, stream, "{message}")
+            tracing::$level!(event = "plugin_log", plugin, id, term, stream, mono_ns, "{message}")
         };
     }
     match level {

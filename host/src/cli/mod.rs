@@ -1,0 +1,301 @@
+//! The `zkrun` command line: `run` (the default), `status` and `check`.
+
+pub mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::election::{Election, ElectionConfig, Participant};
+use crate::plugin::{Runtime, RuntimeConfig};
+use crate::supervisor::{JobSettings, Outcome, Signal, Supervisor};
+use crate::zkpath::{self, ConnectString};
+use crate::{logging, status};
+pub use settings::{RunArgs, RunSettings};
+
+/// Exit codes, as documented in the README and `--help`.
+pub mod exit {
+    /// Clean shutdown; `check` found the plugin usable.
+    pub const OK: u8 = 0;
+    /// An unexpected internal error.
+    pub const FAILURE: u8 = 1;
+    /// Bad flags, configuration file, connect string or election path.
+    pub const USAGE: u8 = 2;
+    /// The plugin cannot be used (missing, not a component, wrong world...).
+    pub const PLUGIN: u8 = 3;
+    /// ZooKeeper could not be reached (`status`, or `run --connect-timeout`).
+    pub const UNREACHABLE: u8 = 4;
+    /// A second SIGTERM/SIGINT cut the graceful shutdown short.
+    pub const FORCED: u8 = 130;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    clean shutdown (run), usable plugin (check), status printed (status)
+  1    unexpected internal error
+  2    bad flags, configuration file, connect string or election path
+  3    the plugin cannot be used (check, and run at start)
+  4    ZooKeeper unreachable (status; run with --connect-timeout)
+  130  a second SIGTERM/SIGINT cut the graceful shutdown short
+
+Signals (run): SIGTERM/SIGINT hand leadership over and exit; SIGHUP reloads the plugin.";
+
+/// zkrun: run a WebAssembly job on exactly one host of a fleet, chosen by a
+/// ZooKeeper election, and stop it the moment that host is no longer sure it leads.
+#[derive(Debug, Parser)]
+#[command(name = "zkrun", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
+enum Command {
+    /// Join the election and run the plugin while leading (the default).
+    Run(RunArgs),
+    /// Show an election's participants in order, and who leads.
+    Status(StatusArgs),
+    /// Validate a plugin against the zkrun:plugin/job world.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// ZooKeeper servers [default: $ZOOKEEPER_SERVERS, else 127.0.0.1:2181]
+    #[arg(long, value_name = "HOSTS")]
+    zk: Option<String>,
+    /// Election path [default: /zkrun/election]
+    #[arg(long, value_name = "PATH")]
+    election: Option<String>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// How long to try to reach the ensemble
+    #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration, default_value = "10s")]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The plugin file
+    #[arg(value_name = "PATH")]
+    plugin: PathBuf,
+}
+
+/// Parses the command line and runs the command; returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+        Some(Command::Status(args)) => status_command(args),
+        Some(Command::Check(args)) => check(args),
+    };
+    ExitCode::from(code)
+}
+
+fn usage(message: impl std::fmt::Display) -> u8 {
+    eprintln!("zkrun: {message}");
+    exit::USAGE
+}
+
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn run(args: RunArgs) -> u8 {
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(message) => return usage(message),
+    };
+    if let Err(message) = logging::init(settings.log_format, &settings.log_level) {
+        return usage(message);
+    }
+    tokio_runtime().block_on(serve(settings))
+}
+
+async fn serve(settings: RunSettings) -> u8 {
+    let runtime = match Runtime::new(RuntimeConfig {
+        memory_limit: settings.memory_limit,
+        hook_timeout: settings.hook_timeout,
+        grants: settings.grants.clone(),
+        config: settings.plugin_config.clone(),
+        participant: settings.id.clone(),
+    }) {
+        Ok(runtime) => Arc::new(runtime),
+        Err(e) => {
+            error!(event = "fatal", error = %e, "cannot start the WebAssembly runtime");
+            return exit::FAILURE;
+        }
+    };
+    // A plugin that cannot run must not take part in the election: check it
+    // before joining.
+    let path = settings.plugin.clone();
+    let loader = runtime.clone();
+    let plugin = match tokio::task::spawn_blocking(move || loader.load(&path)).await {
+        Ok(Ok(plugin)) => plugin,
+        Ok(Err(e)) => {
+            error!(event = "plugin_rejected", id = settings.id, error = %e, "{e}");
+            return exit::PLUGIN;
+        }
+        Err(e) => {
+            error!(event = "fatal", error = %e, "plugin loader failed");
+            return exit::FAILURE;
+        }
+    };
+    info!(
+        event = "starting",
+        id = settings.id,
+        zk = %settings.zk,
+        election = settings.election,
+        plugin = %settings.plugin.display(),
+        tick_ms = settings.tick.as_millis() as u64,
+        session_timeout_ms = settings.session_timeout.as_millis() as u64,
+        compile_ms = plugin.compile_time().as_millis() as u64,
+        version = env!("CARGO_PKG_VERSION"),
+        "zkrun starting"
+    );
+
+    let (election, events) = Election::start(ElectionConfig {
+        connect: settings.zk.clone(),
+        path: settings.election.clone(),
+        participant: Participant::this_process(settings.id.clone()),
+        session_timeout: settings.session_timeout,
+    });
+    let signals = match forward_signals() {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!(event = "fatal", error = %e, "cannot install signal handlers");
+            return exit::FAILURE;
+        }
+    };
+    let supervisor = Supervisor::new(
+        election,
+        events,
+        runtime,
+        plugin,
+        JobSettings {
+            tick: settings.tick,
+            participant: settings.id.clone(),
+            election: settings.election.clone(),
+            plugin_path: settings.plugin.clone(),
+            connect_timeout: settings.connect_timeout,
+        },
+    );
+    match supervisor.run(signals).await {
+        Outcome::ShutDown => exit::OK,
+        Outcome::Unreachable => exit::UNREACHABLE,
+    }
+}
+
+/// SIGTERM/SIGINT ask for a graceful shutdown (a second one exits at once);
+/// SIGHUP asks for a reload.
+fn forward_signals() -> std::io::Result<mpsc::UnboundedReceiver<Signal>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stopping = false;
+        loop {
+            let signal = tokio::select! {
+                _ = term.recv() => Signal::Shutdown,
+                _ = int.recv() => Signal::Shutdown,
+                _ = hup.recv() => Signal::Reload,
+            };
+            if signal == Signal::Shutdown {
+                if stopping {
+                    eprintln!("zkrun: second signal: exiting at once");
+                    std::process::exit(exit::FORCED.into());
+                }
+                stopping = true;
+            }
+            if tx.send(signal).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn status_command(args: StatusArgs) -> u8 {
+    let zk_text = args
+        .zk
+        .or_else(|| std::env::var("ZOOKEEPER_SERVERS").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| settings::DEFAULT_ZK.to_string());
+    let connect = match ConnectString::parse(&zk_text) {
+        Ok(connect) => connect,
+        Err(e) => return usage(e),
+    };
+    let election = args.election.unwrap_or_else(|| settings::DEFAULT_ELECTION.to_string());
+    if let Err(e) = zkpath::check_election_path(&election) {
+        return usage(e);
+    }
+    let result = tokio_runtime().block_on(status::read(&connect, &election, args.timeout));
+    match result {
+        Ok(found) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&found).expect("status serializes"));
+            } else {
+                print!("{}", status::render(&found));
+            }
+            exit::OK
+        }
+        Err(e @ status::StatusError::Unreachable { .. }) => {
+            eprintln!("zkrun: {e}");
+            exit::UNREACHABLE
+        }
+        Err(e) => {
+            eprintln!("zkrun: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn check(args: CheckArgs) -> u8 {
+    let runtime =
+        match Runtime::new(RuntimeConfig { participant: "check".into(), ..RuntimeConfig::default() }) {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("zkrun: cannot start the WebAssembly runtime: {e}");
+                return exit::FAILURE;
+            }
+        };
+    let plugin = match runtime.load(&args.plugin) {
+        Ok(plugin) => plugin,
+        Err(e) => {
+            eprintln!("zkrun: {e}");
+            return exit::PLUGIN;
+        }
+    };
+    // Instantiating runs the component's start code, as every term will.
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = tokio.block_on(runtime.instantiate(&plugin, None)) {
+        eprintln!("zkrun: {} cannot be instantiated: {e}", args.plugin.display());
+        return exit::PLUGIN;
+    }
+    let size = std::fs::metadata(&args.plugin).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "ok: {} is a zkrun:plugin/job component ({size} bytes, compiled in {} ms)",
+        args.plugin.display(),
+        plugin.compile_time().as_millis()
+    );
+    println!("exports:");
+    for export in &plugin.interface().exports {
+        println!("  {export}");
+    }
+    println!("imports:");
+    for import in &plugin.interface().imports {
+        println!("  {import}");
+    }
+    exit::OK
+}

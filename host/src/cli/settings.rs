@@ -1,0 +1,435 @@
+//! `zkrun run` settings: flags override the configuration file, which
+//! overrides the defaults. Every value is checked here, before anything
+//! starts, so a typo is reported as a typo.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::logging::LogFormat;
+use crate::plugin::{DEFAULT_HOOK_TIMEOUT, DEFAULT_MEMORY_LIMIT, DirGrant, Grants};
+use crate::zkpath::{self, ConnectString};
+
+/// The default election path.
+pub const DEFAULT_ELECTION: &str = "/zkrun/election";
+/// The default ensemble, when neither `--zk`, the file nor `$ZOOKEEPER_SERVERS` say.
+pub const DEFAULT_ZK: &str = "127.0.0.1:2181";
+/// The default tick interval.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
+/// The default requested session timeout.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything `zkrun run` needs, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// The plugin file.
+    pub plugin: PathBuf,
+    /// The ensemble.
+    pub zk: ConnectString,
+    /// The election path.
+    pub election: String,
+    /// This participant's id.
+    pub id: String,
+    /// Interval between ticks.
+    pub tick: Duration,
+    /// The session timeout to request.
+    pub session_timeout: Duration,
+    /// Deadline of each hook.
+    pub hook_timeout: Duration,
+    /// Cap on plugin linear memory, in bytes.
+    pub memory_limit: usize,
+    /// The plugin's configuration.
+    pub plugin_config: BTreeMap<String, String>,
+    /// What the plugin may reach.
+    pub grants: Grants,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info`.
+    pub log_level: String,
+    /// Give up at start after this long without a session.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// The `run` flags, as given (all optional: the file and defaults fill in).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// The plugin: a WebAssembly component for the zkrun:plugin/job world.
+    #[arg(long, value_name = "PATH")]
+    pub plugin: Option<PathBuf>,
+    /// ZooKeeper servers, `h1:2181,h2:2181,h3:2181[/chroot]` [default: $ZOOKEEPER_SERVERS, else 127.0.0.1:2181]
+    #[arg(long, value_name = "HOSTS")]
+    pub zk: Option<String>,
+    /// Election path; every host running the same job must use the same one [default: /zkrun/election]
+    #[arg(long, value_name = "PATH")]
+    pub election: Option<String>,
+    /// This participant's id [default: <hostname>-<pid>]
+    #[arg(long, value_name = "NAME")]
+    pub id: Option<String>,
+    /// Interval between ticks, e.g. 1s, 250ms [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tick: Option<Duration>,
+    /// ZooKeeper session timeout to ask for (servers clamp it) [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub session_timeout: Option<Duration>,
+    /// Deadline of every hook call [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub hook_timeout: Option<Duration>,
+    /// Cap on the plugin's linear memory, e.g. 64MiB [default: 64MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<usize>,
+    /// Plugin configuration entry (repeatable)
+    #[arg(long = "plugin-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub plugin_config: Vec<(String, String)>,
+    /// Let the plugin see a host directory (repeatable); `:ro` for read-only
+    #[arg(long = "grant-dir", value_name = "HOST:GUEST[:ro]", value_parser = parse_dir_grant)]
+    pub grant_dir: Vec<DirGrant>,
+    /// Let the plugin see an environment variable (repeatable); NAME alone passes zkrun's own value
+    #[arg(long = "grant-env", value_name = "NAME[=VALUE]", value_parser = parse_env_grant)]
+    pub grant_env: Vec<(String, String)>,
+    /// Configuration file (TOML); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format [default: text]
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info, debug, zkrun=debug [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Exit (code 4) if no ZooKeeper session is established this long after start [default: keep retrying]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    zk: Option<String>,
+    election: Option<String>,
+    id: Option<String>,
+    tick: Option<String>,
+    session_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    #[serde(default)]
+    plugin: PluginSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PluginSection {
+    path: Option<PathBuf>,
+    hook_timeout: Option<String>,
+    memory_limit: Option<String>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    grants: GrantsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct GrantsSection {
+    #[serde(default)]
+    dirs: Vec<DirSection>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct DirSection {
+    host: PathBuf,
+    guest: String,
+    #[serde(default)]
+    read_only: bool,
+}
+
+impl RunArgs {
+    /// Merges flags, file and defaults into checked settings.
+    pub fn resolve(self) -> Result<RunSettings, String> {
+        let (file, base) = match &self.config {
+            None => (FileConfig::default(), PathBuf::from(".")),
+            Some(path) => (read_file(path)?, path.parent().map(Path::to_path_buf).unwrap_or_default()),
+        };
+        let in_file =
+            |what: &str| format!("{what} in {}", self.config.as_deref().unwrap_or(Path::new("")).display());
+
+        let plugin = match (self.plugin, file.plugin.path) {
+            (Some(path), _) => path,
+            // Paths in the file are relative to the file.
+            (None, Some(path)) => base.join(path),
+            (None, None) => {
+                return Err(
+                    "no plugin given: use --plugin PATH (or `path` under [plugin] in --config)".into()
+                );
+            }
+        };
+        let zk_text = self
+            .zk
+            .or(file.zk)
+            .or_else(|| std::env::var("ZOOKEEPER_SERVERS").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| DEFAULT_ZK.to_string());
+        let zk = ConnectString::parse(&zk_text).map_err(|e| e.to_string())?;
+        let election = self.election.or(file.election).unwrap_or_else(|| DEFAULT_ELECTION.to_string());
+        zkpath::check_election_path(&election).map_err(|e| e.to_string())?;
+        let id = self
+            .id
+            .or(file.id)
+            .unwrap_or_else(|| format!("{}-{}", crate::election::node::hostname(), std::process::id()));
+        if id.trim().is_empty() {
+            return Err("the participant id must not be empty".into());
+        }
+
+        let duration = |flag: Option<Duration>, text: Option<String>, what: &str, default: Duration| match (
+            flag, text,
+        ) {
+            (Some(d), _) => Ok(d),
+            (None, Some(t)) => parse_duration(&t).map_err(|e| format!("{}: {e}", in_file(what))),
+            (None, None) => Ok(default),
+        };
+        let tick = duration(self.tick, file.tick, "tick", DEFAULT_TICK)?;
+        let session_timeout =
+            duration(self.session_timeout, file.session_timeout, "session-timeout", DEFAULT_SESSION_TIMEOUT)?;
+        let hook_timeout = duration(
+            self.hook_timeout,
+            file.plugin.hook_timeout,
+            "[plugin] hook-timeout",
+            DEFAULT_HOOK_TIMEOUT,
+        )?;
+        let connect_timeout = match (self.connect_timeout, file.connect_timeout) {
+            (Some(d), _) => Some(d),
+            (None, Some(t)) => {
+                Some(parse_duration(&t).map_err(|e| format!("{}: {e}", in_file("connect-timeout")))?)
+            }
+            (None, None) => None,
+        };
+        let memory_limit = match (self.memory_limit, file.plugin.memory_limit) {
+            (Some(n), _) => n,
+            (None, Some(t)) => {
+                parse_size(&t).map_err(|e| format!("{}: {e}", in_file("[plugin] memory-limit")))?
+            }
+            (None, None) => DEFAULT_MEMORY_LIMIT,
+        };
+
+        let mut plugin_config = file.plugin.config;
+        plugin_config.extend(self.plugin_config);
+
+        let mut grants = Grants::default();
+        for dir in file.plugin.grants.dirs {
+            grants.dirs.push(DirGrant {
+                host: base.join(dir.host),
+                guest: dir.guest,
+                read_only: dir.read_only,
+            });
+        }
+        grants.dirs.extend(self.grant_dir);
+        let mut env = file.plugin.grants.env;
+        env.extend(self.grant_env);
+        grants.env = env.into_iter().collect();
+        for dir in &grants.dirs {
+            if !dir.host.is_dir() {
+                return Err(format!("granted directory {} does not exist", dir.host.display()));
+            }
+            if !dir.guest.starts_with('/') {
+                return Err(format!(
+                    "granted directory {} must be mounted at an absolute path, not {:?}",
+                    dir.host.display(),
+                    dir.guest
+                ));
+            }
+        }
+
+        let log_format = match (self.log_format, file.log_format) {
+            (Some(f), _) => f.parse()?,
+            (None, Some(f)) => f,
+            (None, None) => LogFormat::Text,
+        };
+        let log_level = self.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string());
+
+        Ok(RunSettings {
+            plugin,
+            zk,
+            election,
+            id,
+            tick,
+            session_timeout,
+            hook_timeout,
+            memory_limit,
+            plugin_config,
+            grants,
+            log_format,
+            log_level,
+            connect_timeout,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read configuration {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let message = e.message().to_string();
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!("bad configuration {} line {line}: {message}", path.display())
+            }
+            None => format!("bad configuration {}: {message}", path.display()),
+        }
+    })
+}
+
+/// Parses `1s`, `250ms`, `2m 30s`; zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("bad duration {text:?}: {e} (try 1s or 250ms)"))?;
+    if d.is_zero() {
+        return Err(format!("bad duration {text:?}: it must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// Parses `64MiB`, `512KiB`, `1GiB`, `64M` or a number of bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("bad size {text:?}: try 64MiB"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        other => return Err(format!("bad size {text:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = n.checked_mul(scale).ok_or_else(|| format!("bad size {text:?}: too large"))?;
+    if bytes < 1 << 20 {
+        return Err(format!("bad size {text:?}: a plugin needs at least 1MiB"));
+    }
+    Ok(bytes)
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn parse_dir_grant(text: &str) -> Result<DirGrant, String> {
+    let (rest, read_only) = match text.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    match rest.rsplit_once(':') {
+        Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => {
+            Ok(DirGrant { host: PathBuf::from(host), guest: guest.to_string(), read_only })
+        }
+        _ => Err(format!("expected HOST:GUEST[:ro] with an absolute GUEST path, got {text:?}")),
+    }
+}
+
+fn parse_env_grant(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        Some(_) => Err(format!("expected NAME or NAME=VALUE, got {text:?}")),
+        None => std::env::var(text)
+            .map(|v| (text.to_string(), v))
+            .map_err(|_| format!("--grant-env {text}: zkrun's environment has no {text}; give NAME=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs { plugin: Some("job.wasm".into()), ..RunArgs::default() }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let s = args().resolve().unwrap();
+        assert_eq!(s.election, DEFAULT_ELECTION);
+        assert_eq!(s.tick, DEFAULT_TICK);
+        assert_eq!(s.memory_limit, 64 << 20);
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert!(s.id.contains('-'));
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("zkrun-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("zkrun.toml");
+        std::fs::write(
+            &file,
+            r#"
+zk = "a:1,b:2/app"
+election = "/jobs/x"
+tick = "250ms"
+[plugin]
+path = "jobs/heartbeat.wasm"
+memory-limit = "32MiB"
+[plugin.config]
+greeting = "hi"
+mode = "file"
+"#,
+        )
+        .unwrap();
+        let s = RunArgs {
+            config: Some(file.clone()),
+            election: Some("/jobs/y".into()),
+            plugin_config: vec![("mode".into(), "flag".into())],
+            ..RunArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.plugin, dir.join("jobs/heartbeat.wasm"));
+        assert_eq!(s.zk.chroot.as_deref(), Some("/app"));
+        assert_eq!(s.election, "/jobs/y");
+        assert_eq!(s.tick, Duration::from_millis(250));
+        assert_eq!(s.memory_limit, 32 << 20);
+        assert_eq!(s.plugin_config["greeting"], "hi");
+        assert_eq!(s.plugin_config["mode"], "flag");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/zkrun.toml");
+        let s = RunArgs { config: Some(example), ..RunArgs::default() }.resolve().unwrap();
+        assert_eq!(s.plugin, PathBuf::from("/opt/zkrun/jobs/heartbeat.wasm"));
+        assert_eq!(s.zk.servers.len(), 3);
+        assert_eq!(s.election, "/elections/nightly-report");
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.plugin_config["greeting"], "hello");
+    }
+
+    #[test]
+    fn typos_are_reported_as_typos() {
+        let dir = std::env::temp_dir().join(format!("zkrun-settings-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "zk = \"a:1\"\ntik = \"1s\"\n").unwrap();
+        let e = RunArgs { config: Some(file), ..args() }.resolve().unwrap_err();
+        assert!(e.contains("line 2") && e.contains("tik"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let e = RunArgs { zk: Some("a:99999".into()), ..args() }.resolve().unwrap_err();
+        assert!(e.contains("bad ZooKeeper connect string"), "{e}");
+        let e = RunArgs { election: Some("nope".into()), ..args() }.resolve().unwrap_err();
+        assert!(e.contains("bad election path"), "{e}");
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_key_value("=x").is_err());
+        assert!(parse_dir_grant("/srv/x:/data:ro").unwrap().read_only);
+        assert!(parse_dir_grant("/srv/x:data").is_err());
+    }
+}
