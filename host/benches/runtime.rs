@@ -27,12 +27,12 @@ fn runtime_costs(c: &mut Criterion) {
 
     let plugin = runtime.load(&path).unwrap();
     c.bench_function("instantiate (once per term)", |b| {
-        b.iter(|| tokio.block_on(runtime.instantiate(&plugin, Some(1))).unwrap())
+        b.iter(|| tokio.block_on(runtime.instantiate(&plugin, Some(1), None)).unwrap())
     });
 
     let facts = Facts { term: 1, participant: "bench".into(), election: "/bench".into() };
     let permit: Arc<dyn Permit> = Arc::new(|| true);
-    let mut instance = tokio.block_on(runtime.instantiate(&plugin, Some(1))).unwrap();
+    let mut instance = tokio.block_on(runtime.instantiate(&plugin, Some(1), None)).unwrap();
     tokio.block_on(instance.on_elected(&facts, permit.clone())).unwrap();
     c.bench_function("tick round trip (heartbeat: one log call)", |b| {
         b.iter(|| tokio.block_on(instance.tick(&facts, permit.clone())).unwrap())

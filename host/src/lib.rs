@@ -5,6 +5,7 @@
 //!   WebAssembly).
 //! - [`plugin`]: the WebAssembly runtime for the job (knows nothing of
 //!   ZooKeeper).
+//! - [`state`]: fenced state, kept in ZooKeeper across failovers.
 //! - [`supervisor`]: the one place where leadership drives the job.
 //! - [`cli`], [`status`], [`logging`]: the `zkrun` command.
 //! - [`zkpath`]: connect strings and node paths, checked up front.
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod election;
 pub mod logging;
 pub mod plugin;
+pub mod state;
 pub mod status;
 pub mod supervisor;
 pub mod zkpath;

@@ -28,6 +28,8 @@ use crate::clock::monotonic_ns;
 use crate::election::timing::Backoff;
 use crate::election::{self, Election, LeadershipEvent, Term};
 use crate::plugin::{self, Facts, Hook, HookFailure, Instance, Interrupter, Permit, Plugin, Runtime};
+use crate::state::StateStore;
+use crate::state::zookeeper::FencedStore;
 
 /// What the process asks of the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +76,8 @@ enum Job {
 struct Lead {
     term: Term,
     facts: Facts,
+    /// The term's fenced state (writes fail once the term is over).
+    state: Option<Arc<dyn StateStore>>,
     /// The term's instance; `None` while a hook holds it, or after a hook
     /// was cut off by a suspension.
     instance: Option<Instance>,
@@ -263,9 +267,11 @@ impl Supervisor {
             participant: self.settings.participant.clone(),
             election: self.settings.election.clone(),
         };
+        let state = self.term_state(term);
         self.job = Job::Leading(Lead {
             term,
             facts: facts.clone(),
+            state: state.clone(),
             instance: None,
             suspended: false,
             next_tick: Instant::now(),
@@ -276,7 +282,7 @@ impl Supervisor {
         let interrupter = Arc::new(Mutex::new(None));
         let slot = interrupter.clone();
         let task = tokio::spawn(async move {
-            let mut instance = match runtime.instantiate(&plugin, Some(term.0)).await {
+            let mut instance = match runtime.instantiate(&plugin, Some(term.0), state).await {
                 Ok(instance) => instance,
                 Err(failure) => return (None, Err(failure)),
             };
@@ -287,11 +293,21 @@ impl Supervisor {
         self.running = Some(Running { hook: Hook::OnElected, started: Instant::now(), interrupter, task });
     }
 
+    /// The fenced state of `term`, while the election holds its fence.
+    fn term_state(&self, term: Term) -> Option<Arc<dyn StateStore>> {
+        let fence = self.election.fence().filter(|fence| fence.term == term)?;
+        Some(Arc::new(FencedStore::new(fence, &self.settings.election)))
+    }
+
     /// A hook was cut off while leadership was in doubt, so the term's
     /// instance is gone: close it out on a fresh instance and go on with
     /// another one, same term.
     async fn replace_instance(&mut self, term: Term) {
-        self.deliver_demoted(None, term, plugin::DemoteReason::ConnectionLost).await;
+        let state = match &self.job {
+            Job::Leading(lead) => lead.state.clone(),
+            Job::Idle => None,
+        };
+        self.deliver_demoted(None, term, state, plugin::DemoteReason::ConnectionLost).await;
         info!(
             event = "instance_replaced",
             id = self.settings.participant,
@@ -344,7 +360,7 @@ impl Supervisor {
                     _ => Instant::now(),
                 };
                 if let Some(reason) = instance.take_resignation() {
-                    let term = lead.term;
+                    let (term, state) = (lead.term, lead.state.clone());
                     info!(
                         event = "resigning",
                         id = self.settings.participant,
@@ -353,7 +369,7 @@ impl Supervisor {
                         "the plugin asked to give up leadership"
                     );
                     self.job = Job::Idle;
-                    self.deliver_demoted(Some(instance), term, plugin::DemoteReason::Resigned).await;
+                    self.deliver_demoted(Some(instance), term, state, plugin::DemoteReason::Resigned).await;
                     self.election.resign(Duration::ZERO).await;
                     return;
                 }
@@ -363,9 +379,9 @@ impl Supervisor {
                 }
             }
             Err(failure) if failure.is_plugin_fault() => {
-                let term = lead.term;
+                let (term, state) = (lead.term, lead.state.clone());
                 self.job = Job::Idle;
-                self.plugin_failed(term, failure).await;
+                self.plugin_failed(term, state, failure).await;
             }
             Err(failure) => {
                 // Stopped by the host because leadership went into doubt.
@@ -396,14 +412,21 @@ impl Supervisor {
                 instance = returned;
             }
         }
-        self.deliver_demoted(instance, lead.term, reason).await;
+        self.deliver_demoted(instance, lead.term, lead.state, reason).await;
     }
 
-    /// Calls `on-demoted` on `instance` if it is healthy, else on a fresh one.
-    async fn deliver_demoted(&self, instance: Option<Instance>, term: Term, reason: plugin::DemoteReason) {
+    /// Calls `on-demoted` on `instance` if it is healthy, else on a fresh one
+    /// (with the term's state: readable, but no longer writable).
+    async fn deliver_demoted(
+        &self,
+        instance: Option<Instance>,
+        term: Term,
+        state: Option<Arc<dyn StateStore>>,
+        reason: plugin::DemoteReason,
+    ) {
         let mut instance = match instance.filter(Instance::is_healthy) {
             Some(instance) => instance,
-            None => match self.runtime.instantiate(&self.plugin, Some(term.0)).await {
+            None => match self.runtime.instantiate(&self.plugin, Some(term.0), state).await {
                 Ok(instance) => instance,
                 Err(failure) => {
                     warn!(event = "plugin_failed", id = self.settings.participant, term = term.0, hook = "on-demoted", kind = failure.kind(), error = %failure, "could not deliver on-demoted");
@@ -417,7 +440,7 @@ impl Supervisor {
     }
 
     /// A broken job must not pin the lead to this host.
-    async fn plugin_failed(&mut self, term: Term, failure: HookFailure) {
+    async fn plugin_failed(&mut self, term: Term, state: Option<Arc<dyn StateStore>>, failure: HookFailure) {
         let rejoin_after = self.failures.next_delay().max(Duration::from_millis(500));
         error!(
             event = "plugin_failed",
@@ -430,7 +453,7 @@ impl Supervisor {
             mono_ns = monotonic_ns(),
             "plugin failed; resigning so another host can lead"
         );
-        self.deliver_demoted(None, term, plugin::DemoteReason::PluginFailed).await;
+        self.deliver_demoted(None, term, state, plugin::DemoteReason::PluginFailed).await;
         self.election.resign(rejoin_after).await;
     }
 
@@ -456,14 +479,16 @@ impl Supervisor {
                 return;
             }
         };
-        let old = std::mem::replace(&mut self.plugin, plugin);
+        // The old version hears on-demoted(reloading) before the swap.
         let term = match std::mem::replace(&mut self.job, Job::Idle) {
             Job::Leading(lead) => {
-                self.deliver_demoted(lead.instance, lead.term, plugin::DemoteReason::Reloading).await;
+                self.deliver_demoted(lead.instance, lead.term, lead.state, plugin::DemoteReason::Reloading)
+                    .await;
                 Some(lead.term)
             }
             Job::Idle => None,
         };
+        let old = std::mem::replace(&mut self.plugin, plugin);
         info!(
             event = "reloaded",
             id = self.settings.participant,
@@ -486,6 +511,7 @@ impl Supervisor {
                         participant: self.settings.participant.clone(),
                         election: self.settings.election.clone(),
                     },
+                    state: self.term_state(term),
                     instance: None,
                     suspended: true,
                     next_tick: Instant::now(),

@@ -4,3 +4,4 @@
 mod cli;
 mod election;
 mod runtime;
+mod state;

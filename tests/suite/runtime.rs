@@ -35,7 +35,7 @@ async fn hooks_run_in_order_with_the_right_facts() {
     let (logs, _guard) = capture();
     let runtime = runtime();
     let heartbeat = runtime.load(&plugin("heartbeat")).expect("heartbeat loads");
-    let mut instance = runtime.instantiate(&heartbeat, Some(7)).await.unwrap();
+    let mut instance = runtime.instantiate(&heartbeat, Some(7), None).await.unwrap();
     instance.on_elected(&facts(7), always()).await.unwrap();
     for _ in 0..3 {
         instance.tick(&facts(7), always()).await.unwrap();
@@ -67,7 +67,7 @@ async fn every_term_gets_a_fresh_instance() {
     let runtime = runtime();
     let heartbeat = runtime.load(&plugin("heartbeat")).unwrap();
     for term in [10, 11] {
-        let mut instance = runtime.instantiate(&heartbeat, Some(term)).await.unwrap();
+        let mut instance = runtime.instantiate(&heartbeat, Some(term), None).await.unwrap();
         instance.on_elected(&facts(term), always()).await.unwrap();
         instance.tick(&facts(term), always()).await.unwrap();
         instance.tick(&facts(term), always()).await.unwrap();
@@ -89,7 +89,7 @@ async fn every_term_gets_a_fresh_instance() {
 /// After a failure the runtime still serves: a fresh instance works.
 async fn still_serves(runtime: &Runtime) {
     let heartbeat = runtime.load(&plugin("heartbeat")).unwrap();
-    let mut next = runtime.instantiate(&heartbeat, Some(99)).await.unwrap();
+    let mut next = runtime.instantiate(&heartbeat, Some(99), None).await.unwrap();
     next.on_elected(&facts(99), always()).await.unwrap();
     next.tick(&facts(99), always()).await.unwrap();
 }
@@ -98,7 +98,7 @@ async fn still_serves(runtime: &Runtime) {
 async fn a_plugin_that_loops_is_stopped_at_its_deadline() {
     let runtime = runtime_with(|c| c.hook_timeout = Duration::from_millis(300));
     let spin = runtime.load(&plugin("spin")).unwrap();
-    let mut instance = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    let mut instance = runtime.instantiate(&spin, Some(1), None).await.unwrap();
     instance.on_elected(&facts(1), always()).await.unwrap();
     let failure = instance.tick(&facts(1), always()).await.unwrap_err();
     assert!(matches!(failure, HookFailure::TimedOut { hook: Hook::Tick, .. }), "{failure}");
@@ -109,7 +109,7 @@ async fn a_plugin_that_loops_is_stopped_at_its_deadline() {
     let again = instance.tick(&facts(1), always()).await.unwrap_err();
     assert_eq!(again, HookFailure::Unusable { hook: Hook::Tick });
     // on-demoted goes to a fresh instance.
-    let mut fresh = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    let mut fresh = runtime.instantiate(&spin, Some(1), None).await.unwrap();
     fresh.on_demoted(DemoteReason::PluginFailed).await.unwrap();
     still_serves(&runtime).await;
 }
@@ -118,7 +118,7 @@ async fn a_plugin_that_loops_is_stopped_at_its_deadline() {
 async fn a_plugin_that_allocates_without_end_hits_the_memory_cap() {
     let runtime = runtime_with(|c| c.memory_limit = 16 << 20);
     let hog = runtime.load(&plugin("hog")).unwrap();
-    let mut instance = runtime.instantiate(&hog, Some(1)).await.unwrap();
+    let mut instance = runtime.instantiate(&hog, Some(1), None).await.unwrap();
     instance.on_elected(&facts(1), always()).await.unwrap();
     let failure = instance.tick(&facts(1), always()).await.unwrap_err();
     assert!(matches!(failure, HookFailure::OutOfMemory { hook: Hook::Tick, .. }), "{failure}");
@@ -130,7 +130,7 @@ async fn a_plugin_that_allocates_without_end_hits_the_memory_cap() {
 async fn a_panic_is_a_trap() {
     let runtime = runtime();
     let panic = runtime.load(&plugin("panic")).unwrap();
-    let mut instance = runtime.instantiate(&panic, Some(3)).await.unwrap();
+    let mut instance = runtime.instantiate(&panic, Some(3), None).await.unwrap();
     let failure = instance.on_elected(&facts(3), always()).await.unwrap_err();
     match &failure {
         HookFailure::Trapped { hook: Hook::OnElected, message } => {
@@ -148,7 +148,7 @@ async fn a_trap_on_purpose_is_reported_with_its_place() {
         c.config.insert("trap-on-tick".into(), "2".into());
     });
     let trap = runtime.load(&plugin("trap")).unwrap();
-    let mut instance = runtime.instantiate(&trap, Some(4)).await.unwrap();
+    let mut instance = runtime.instantiate(&trap, Some(4), None).await.unwrap();
     instance.on_elected(&facts(4), always()).await.unwrap();
     instance.tick(&facts(4), always()).await.unwrap();
     let failure = instance.tick(&facts(4), always()).await.unwrap_err();
@@ -168,7 +168,7 @@ async fn a_returned_error_leaves_the_instance_intact() {
         c.config.insert("ticks-per-term".into(), "zero".into());
     });
     let rotate = runtime.load(&plugin("rotate")).unwrap();
-    let mut instance = runtime.instantiate(&rotate, Some(5)).await.unwrap();
+    let mut instance = runtime.instantiate(&rotate, Some(5), None).await.unwrap();
     let failure = instance.on_elected(&facts(5), always()).await.unwrap_err();
     match &failure {
         HookFailure::Returned { hook: Hook::OnElected, message } => {
@@ -188,7 +188,7 @@ async fn config_and_resign_reach_the_plugin() {
         c.config.insert("message".into(), "compacting".into());
     });
     let rotate = runtime.load(&plugin("rotate")).unwrap();
-    let mut instance = runtime.instantiate(&rotate, Some(6)).await.unwrap();
+    let mut instance = runtime.instantiate(&rotate, Some(6), None).await.unwrap();
     instance.on_elected(&facts(6), always()).await.unwrap();
     instance.tick(&facts(6), always()).await.unwrap();
     assert_eq!(instance.take_resignation(), None);
@@ -203,7 +203,7 @@ async fn config_and_resign_reach_the_plugin() {
 async fn the_host_can_interrupt_a_running_hook() {
     let runtime = runtime_with(|c| c.hook_timeout = Duration::from_secs(120));
     let spin = runtime.load(&plugin("spin")).unwrap();
-    let mut instance = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    let mut instance = runtime.instantiate(&spin, Some(1), None).await.unwrap();
     instance.on_elected(&facts(1), always()).await.unwrap();
     let interrupter = instance.interrupter();
     let running = tokio::spawn(async move {
@@ -218,7 +218,7 @@ async fn the_host_can_interrupt_a_running_hook() {
     assert!(!failure.is_plugin_fault());
     // The interrupted instance is done; on-demoted runs on a fresh one.
     assert!(!instance.is_healthy());
-    let mut fresh = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    let mut fresh = runtime.instantiate(&spin, Some(1), None).await.unwrap();
     fresh.on_demoted(DemoteReason::ConnectionLost).await.unwrap();
 }
 
@@ -226,7 +226,7 @@ async fn the_host_can_interrupt_a_running_hook() {
 async fn a_hook_stops_when_its_permit_is_withdrawn() {
     let runtime = runtime_with(|c| c.hook_timeout = Duration::from_secs(120));
     let spin = runtime.load(&plugin("spin")).unwrap();
-    let mut instance = runtime.instantiate(&spin, Some(1)).await.unwrap();
+    let mut instance = runtime.instantiate(&spin, Some(1), None).await.unwrap();
     let lease = Arc::new(AtomicBool::new(true));
     let held = lease.clone();
     let permit: Arc<dyn Permit> = Arc::new(move || held.load(Ordering::SeqCst));
@@ -243,7 +243,7 @@ async fn no_host_call_is_served_without_a_permit() {
     let (logs, _guard) = capture();
     let runtime = runtime();
     let heartbeat = runtime.load(&plugin("heartbeat")).unwrap();
-    let mut instance = runtime.instantiate(&heartbeat, Some(8)).await.unwrap();
+    let mut instance = runtime.instantiate(&heartbeat, Some(8), None).await.unwrap();
     instance.on_elected(&facts(8), always()).await.unwrap();
     logs.clear();
     let lost: Arc<dyn Permit> = Arc::new(|| false);
@@ -259,7 +259,7 @@ async fn the_sandbox_grants_nothing_by_default() {
         c.config.insert("file".into(), "/etc/hostname".into());
     });
     let probe = runtime.load(&plugin("probe")).unwrap();
-    let mut instance = runtime.instantiate(&probe, Some(1)).await.unwrap();
+    let mut instance = runtime.instantiate(&probe, Some(1), None).await.unwrap();
     instance.tick(&facts(1), always()).await.unwrap();
     let lines = logs.plugin_lines();
     assert_eq!(lines[0], "env: 0 variables []", "{lines:?}");
@@ -281,7 +281,7 @@ async fn explicit_grants_open_a_directory_and_variables() {
         c.config = BTreeMap::from([("file".into(), "/data/greeting.txt".into())]);
     });
     let probe = runtime.load(&plugin("probe")).unwrap();
-    let mut instance = runtime.instantiate(&probe, Some(1)).await.unwrap();
+    let mut instance = runtime.instantiate(&probe, Some(1), None).await.unwrap();
     instance.tick(&facts(1), always()).await.unwrap();
     let lines = logs.plugin_lines();
     assert_eq!(lines[0], "env: 1 variables [REGION=eu-1]");
@@ -362,10 +362,37 @@ fn each_bad_plugin_gets_a_clear_one_line_error() {
 fn a_good_plugin_reports_what_it_imports_and_exports() {
     let heartbeat = runtime().load(&plugin("heartbeat")).unwrap();
     let interface = heartbeat.interface();
-    assert!(interface.imports.iter().any(|i| i.starts_with("zkrun:plugin/host@0.1.0")), "{interface:?}");
+    assert!(interface.imports.iter().any(|i| i.starts_with("zkrun:plugin/host@0.1.1")), "{interface:?}");
     assert!(interface.imports.iter().any(|i| i.starts_with("wasi:cli/stdout@0.2")), "{interface:?}");
     for hook in ["on-elected (func)", "tick (func)", "on-demoted (func)"] {
         assert!(interface.exports.iter().any(|e| e == hook), "{interface:?}");
     }
     assert_eq!(heartbeat.name(), "heartbeat");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_plugin_built_for_0_1_0_still_loads_and_runs() {
+    let (logs, _guard) = capture();
+    let runtime = runtime();
+    let legacy = runtime.load(&plugin("legacy")).expect("0.1.0 plugins keep loading");
+    assert!(
+        legacy.interface().imports.iter().any(|i| i.starts_with("zkrun:plugin/host@0.1.0")),
+        "{legacy:?}"
+    );
+    let mut instance = runtime.instantiate(&legacy, Some(2), None).await.unwrap();
+    instance.on_elected(&facts(2), always()).await.unwrap();
+    instance.tick(&facts(2), always()).await.unwrap();
+    instance.on_demoted(DemoteReason::Shutdown).await.unwrap();
+    assert_eq!(
+        logs.plugin_lines(),
+        vec!["legacy 0.1.0 plugin elected: term 2", "legacy tick: term 2", "legacy demoted"]
+    );
+}
+
+#[test]
+fn plugins_import_state_only_if_they_use_it() {
+    let runtime = runtime();
+    let imports = |name: &str| runtime.load(&plugin(name)).unwrap().interface().imports.clone();
+    assert!(!imports("heartbeat").iter().any(|i| i.starts_with("zkrun:plugin/state")));
+    assert!(imports("counter").iter().any(|i| i.starts_with("zkrun:plugin/state@0.1.1")));
 }

@@ -279,7 +279,7 @@ fn check(args: CheckArgs) -> u8 {
     };
     // Instantiating runs the component's start code, as every term will.
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    if let Err(e) = tokio.block_on(runtime.instantiate(&plugin, None)) {
+    if let Err(e) = tokio.block_on(runtime.instantiate(&plugin, None, None)) {
         eprintln!("zkrun: {} cannot be instantiated: {e}", args.plugin.display());
         return exit::PLUGIN;
     }

@@ -108,6 +108,29 @@ impl Gate {
         Ok(())
     }
 
+    /// Like [`Gate::check`] but without the permit: for host calls that are
+    /// allowed outside leadership (reads) or answer its loss themselves.
+    pub fn check_time(&self) -> Result<(), Stop> {
+        let bounds = self.bounds.lock().unwrap().clone();
+        match bounds {
+            None => Err(Stop::Interrupted),
+            Some(b) if b.started.elapsed() > b.limit => Err(Stop::TimedOut(b.limit)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Whether the running hook is a leader hook whose permit holds.
+    pub fn leads(&self) -> bool {
+        let bounds = self.bounds.lock().unwrap().clone();
+        bounds.and_then(|b| b.permit).is_some_and(|p| p.holds()) && !self.interrupted.load(Ordering::Acquire)
+    }
+
+    /// What is left of the running hook's deadline.
+    pub fn remaining(&self) -> Duration {
+        let bounds = self.bounds.lock().unwrap().clone();
+        bounds.map(|b| b.limit.saturating_sub(b.started.elapsed())).unwrap_or_default()
+    }
+
     fn interrupt(&self) {
         self.interrupted.store(true, Ordering::Release);
     }

@@ -26,12 +26,15 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use bindings::zkrun::plugin::state as wit_state;
 pub use bindings::{DemoteReason, Level};
 use bindings::{Job, JobPre, Leadership};
 pub use limits::{EPOCH_TICK, Interrupter, Permit, Stop};
 use limits::{EpochTicker, Gate, MemoryCap, TickerGuard};
 pub use sandbox::{DirGrant, Grants, LogContext};
 pub use validate::{Interface, LoadError};
+
+use crate::state::{StateError, StateStore};
 
 /// Default cap on a plugin instance's linear memory.
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
@@ -208,6 +211,7 @@ pub struct StoreState {
     log: LogContext,
     config: Arc<BTreeMap<String, String>>,
     resignation: Option<String>,
+    state: Option<Arc<dyn StateStore>>,
 }
 
 impl WasiView for StoreState {
@@ -239,6 +243,90 @@ impl bindings::zkrun::plugin::host::Host for StoreState {
         self.gate.check()?;
         self.resignation = Some(reason);
         Ok(())
+    }
+}
+
+/// The `state` interface. Reads are allowed in every hook; writes only in a
+/// leader hook whose permit holds (otherwise `not-leader`, without asking
+/// ZooKeeper), and then the store fences them again. A call that would
+/// outlive the hook's deadline traps.
+impl wit_state::Host for StoreState {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<wit_state::Entry>, wit_state::StateError>> {
+        self.gate.check_time()?;
+        let Some(store) = self.state.clone() else { return Ok(Err(no_store())) };
+        let result = within(self.gate.remaining(), store.get(&key)).await?;
+        Ok(result
+            .map(|entry| entry.map(|e| wit_state::Entry { value: e.value, version: e.version }))
+            .map_err(to_wit))
+    }
+
+    async fn put(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<u32, wit_state::StateError>> {
+        let Some(store) = self.writable()? else { return Ok(Err(wit_state::StateError::NotLeader)) };
+        Ok(within(self.gate.remaining(), store.put(&key, value)).await?.map_err(to_wit))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, wit_state::StateError>> {
+        let Some(store) = self.writable()? else { return Ok(Err(wit_state::StateError::NotLeader)) };
+        Ok(within(self.gate.remaining(), store.delete(&key)).await?.map_err(to_wit))
+    }
+
+    async fn compare_and_set(
+        &mut self,
+        key: String,
+        expected: Option<u32>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<u32, wit_state::StateError>> {
+        let Some(store) = self.writable()? else { return Ok(Err(wit_state::StateError::NotLeader)) };
+        Ok(within(self.gate.remaining(), store.compare_and_set(&key, expected, value)).await?.map_err(to_wit))
+    }
+}
+
+impl StoreState {
+    /// The store, if the running hook may write; traps past the deadline.
+    fn writable(&self) -> wasmtime::Result<Option<Arc<dyn StateStore>>> {
+        self.gate.check_time()?;
+        if self.gate.leads() {
+            return Ok(self.state.clone());
+        }
+        tracing::warn!(
+            event = "write_refused",
+            plugin = &*self.log.plugin,
+            id = &*self.log.participant,
+            term = self.log.term,
+            "a state write outside confirmed leadership was refused without asking ZooKeeper"
+        );
+        Ok(None)
+    }
+}
+
+/// Waits for a state operation, but not past the hook's deadline.
+async fn within<T>(
+    remaining: Duration,
+    operation: impl std::future::Future<Output = T>,
+) -> wasmtime::Result<T> {
+    tokio::time::timeout(remaining, operation)
+        .await
+        .map_err(|_| wasmtime::Error::new(Stop::TimedOut(remaining)))
+}
+
+fn no_store() -> wit_state::StateError {
+    wit_state::StateError::Unavailable("this instance has no state store".into())
+}
+
+fn to_wit(error: StateError) -> wit_state::StateError {
+    match error {
+        StateError::NotLeader => wit_state::StateError::NotLeader,
+        StateError::Conflict => wit_state::StateError::Conflict,
+        StateError::TooLarge(_) => wit_state::StateError::TooLarge(crate::state::MAX_VALUE as u32),
+        StateError::BadKey(reason) => wit_state::StateError::BadKey(reason),
+        StateError::Unavailable(reason) => wit_state::StateError::Unavailable(reason),
     }
 }
 
@@ -305,8 +393,14 @@ impl Runtime {
     }
 
     /// Creates a fresh instance of `plugin` for `term` (`None` for an
-    /// instance that serves no term, such as a check).
-    pub async fn instantiate(&self, plugin: &Plugin, term: Option<u64>) -> Result<Instance, HookFailure> {
+    /// instance that serves no term, such as a check), with the term's
+    /// fenced state, if any.
+    pub async fn instantiate(
+        &self,
+        plugin: &Plugin,
+        term: Option<u64>,
+        state: Option<Arc<dyn StateStore>>,
+    ) -> Result<Instance, HookFailure> {
         let gate = Arc::new(Gate::default());
         let log =
             LogContext { plugin: plugin.inner.name.clone(), participant: self.participant.clone(), term };
@@ -320,6 +414,7 @@ impl Runtime {
             log,
             config: self.config_map.clone(),
             resignation: None,
+            state,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);

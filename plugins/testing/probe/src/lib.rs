@@ -6,13 +6,16 @@
 //! - `tcp 127.0.0.1:<port>: connected` or `tcp 127.0.0.1:<port>: error <e>`
 //!
 //! Configuration: `file` (default `/etc/hostname`), `tcp-port` (default
-//! 2181).
+//! 2181), `state` (set to anything: also write and read fenced state in
+//! `tick`, and try both again in `on-demoted`, logging each result as
+//! `state <hook> <op>: <result>`).
 
 use std::io::Read;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "job" });
 
 use zkrun::plugin::host::{config, log};
+use zkrun::plugin::state;
 use zkrun::plugin::types::Level;
 
 struct Probe;
@@ -41,10 +44,24 @@ impl Guest for Probe {
             Ok(()) => log(Level::Info, &format!("tcp 127.0.0.1:{port}: connected")),
             Err(e) => log(Level::Info, &format!("tcp 127.0.0.1:{port}: error {e}")),
         }
+        if config("state").is_some() {
+            probe_state("tick", b"written in tick");
+        }
         Ok(())
     }
 
-    fn on_demoted(_: DemoteReason) {}
+    fn on_demoted(_: DemoteReason) {
+        if config("state").is_some() {
+            probe_state("on-demoted", b"written in on-demoted");
+        }
+    }
+}
+
+fn probe_state(hook: &str, value: &[u8]) {
+    let put = state::put("probe", value);
+    log(Level::Info, &format!("state {hook} put: {put:?}"));
+    let got = state::get("probe").map(|e| e.map(|e| String::from_utf8_lossy(&e.value).into_owned()));
+    log(Level::Info, &format!("state {hook} get: {got:?}"));
 }
 
 /// Connects with `wasi:sockets` directly (Debian's wasi-libc predates them).

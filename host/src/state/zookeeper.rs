@@ -1,0 +1,226 @@
+//! Fenced state in ZooKeeper: each key is a persistent node
+//! `<election>/state/<key>`, and every write is one `multi` transaction that
+//! first checks that the leader's election node still exists.
+//!
+//! The check and the write commit together or not at all, in the ensemble's
+//! single order of transactions. A leader's node disappears before anyone
+//! else can be elected (its session expires, it resigns, it is deleted), so
+//! once a successor leads, every write of the old leader fails the check:
+//! a paused or deposed leader cannot overwrite its successor's work, no
+//! matter how late its write arrives.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tracing::warn;
+use zookeeper_client as zk;
+
+use super::{Entry, StateError, StateFuture, StateStore, check_key, check_value};
+use crate::election::Fence;
+
+/// Test-only fault injection: a pause between deciding to write and sending
+/// the write, as a GC pause or a frozen VM would cause. Unset in production.
+pub const WRITE_DELAY_FAILPOINT: &str = "ZKRUN_FAILPOINT_FENCED_WRITE_DELAY";
+
+const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+
+/// The state of one election, writable while `fence` leads.
+pub struct FencedStore {
+    fence: Fence,
+    dir: String,
+    dir_exists: AtomicBool,
+    write_delay: Option<Duration>,
+}
+
+/// One write to make after the fence check.
+enum Write<'a> {
+    Create(&'a [u8]),
+    Set(&'a [u8], Option<i32>),
+    Delete,
+}
+
+impl FencedStore {
+    /// The state under `election`, fenced by the leader's `fence`.
+    pub fn new(fence: Fence, election: &str) -> FencedStore {
+        let write_delay =
+            std::env::var(WRITE_DELAY_FAILPOINT).ok().and_then(|d| humantime::parse_duration(&d).ok());
+        if let Some(delay) = write_delay {
+            warn!(
+                failpoint = WRITE_DELAY_FAILPOINT,
+                ?delay,
+                "test failpoint active: fenced writes are delayed"
+            );
+        }
+        FencedStore {
+            fence,
+            dir: format!("{election}/state"),
+            dir_exists: AtomicBool::new(false),
+            write_delay,
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        format!("{}/{key}", self.dir)
+    }
+
+    async fn ensure_dir(&self) -> Result<(), StateError> {
+        if self.dir_exists.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.fence.client.mkdir(&self.dir, &PERSISTENT).await.map_err(|e| request_failed(&e))?;
+        self.dir_exists.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Commits `write` together with the fence check. `Ok(Err(error))` is the
+    /// write's own failure (the fence held).
+    async fn fenced(
+        &self,
+        key: &str,
+        write: Write<'_>,
+    ) -> Result<Result<zk::MultiWriteResult, zk::Error>, StateError> {
+        if let Some(delay) = self.write_delay {
+            warn!(event = "failpoint_delay", key, ?delay, "test failpoint: pausing before a fenced write");
+            tokio::time::sleep(delay).await;
+        }
+        let path = self.path(key);
+        let mut multi = self.fence.client.new_multi_writer();
+        // -1: any version; the check is that the node exists.
+        let built = multi.add_check_version(&self.fence.node_path, -1).and_then(|()| match write {
+            Write::Create(value) => multi.add_create(&path, value, &PERSISTENT),
+            Write::Set(value, version) => multi.add_set_data(&path, value, version),
+            Write::Delete => multi.add_delete(&path, None),
+        });
+        built.map_err(|e| StateError::Unavailable(e.to_string()))?;
+        let outcome = match multi.commit().await {
+            Ok(mut results) => Ok(Ok(results.pop().expect("two operations, two results"))),
+            Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => Err(StateError::NotLeader),
+            Err(zk::MultiWriteError::OperationFailed { source, .. }) => Ok(Err(source)),
+            Err(zk::MultiWriteError::RequestFailed { source }) => Err(request_failed(&source)),
+        };
+        match &outcome {
+            Err(StateError::NotLeader) => warn!(
+                event = "write_fenced",
+                term = self.fence.term.0,
+                key,
+                mono_ns = crate::clock::monotonic_ns(),
+                "ZooKeeper refused a state write: this host's election node is gone, so it no longer leads"
+            ),
+            Err(StateError::Unavailable(why)) => warn!(
+                event = "write_outcome_unknown",
+                term = self.fence.term.0,
+                key,
+                why,
+                mono_ns = crate::clock::monotonic_ns(),
+                "a state write's outcome is unknown; it landed only if this host still led when it arrived"
+            ),
+            _ => {}
+        }
+        outcome
+    }
+
+    async fn create(&self, key: &str, value: &[u8]) -> Result<Result<u32, zk::Error>, StateError> {
+        for _ in 0..3 {
+            match self.fenced(key, Write::Create(value)).await? {
+                Ok(_) => return Ok(Ok(0)),
+                // The state directory is missing (first write, or deleted by
+                // an operator): create it and retry.
+                Err(zk::Error::NoNode) => {
+                    self.dir_exists.store(false, Ordering::Relaxed);
+                    self.ensure_dir().await?;
+                }
+                Err(other) => return Ok(Err(other)),
+            }
+        }
+        Err(StateError::Unavailable(format!("{} keeps disappearing", self.dir)))
+    }
+}
+
+/// Maps a failed request (not a failed operation) to what the plugin sees.
+fn request_failed(error: &zk::Error) -> StateError {
+    match error {
+        // The session is over, so is the leadership: nothing was applied.
+        zk::Error::SessionExpired | zk::Error::ClientClosed => StateError::NotLeader,
+        zk::Error::ConnectionLoss => {
+            StateError::Unavailable("connection lost: the write may or may not have been applied".into())
+        }
+        other => StateError::Unavailable(other.to_string()),
+    }
+}
+
+fn version(stat: &zk::Stat) -> u32 {
+    stat.version.max(0) as u32
+}
+
+impl StateStore for FencedStore {
+    fn get<'a>(&'a self, key: &'a str) -> StateFuture<'a, Option<Entry>> {
+        Box::pin(async move {
+            check_key(key)?;
+            match self.fence.client.get_data(&self.path(key)).await {
+                Ok((value, stat)) => Ok(Some(Entry { value, version: version(&stat) })),
+                Err(zk::Error::NoNode) => Ok(None),
+                Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
+                    Err(StateError::Unavailable("the session ended".into()))
+                }
+                Err(e) => Err(request_failed(&e)),
+            }
+        })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Vec<u8>) -> StateFuture<'a, u32> {
+        Box::pin(async move {
+            check_key(key)?;
+            check_value(&value)?;
+            loop {
+                match self.fenced(key, Write::Set(&value, None)).await? {
+                    Ok(zk::MultiWriteResult::SetData { stat }) => return Ok(version(&stat)),
+                    Ok(_) => return Err(StateError::Unavailable("unexpected reply to a write".into())),
+                    Err(zk::Error::NoNode) => match self.create(key, &value).await? {
+                        Ok(version) => return Ok(version),
+                        // Created concurrently: set it instead.
+                        Err(zk::Error::NodeExists) => continue,
+                        Err(e) => return Err(StateError::Unavailable(e.to_string())),
+                    },
+                    Err(e) => return Err(StateError::Unavailable(e.to_string())),
+                }
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StateFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            match self.fenced(key, Write::Delete).await? {
+                Ok(_) => Ok(true),
+                Err(zk::Error::NoNode) => Ok(false),
+                Err(e) => Err(StateError::Unavailable(e.to_string())),
+            }
+        })
+    }
+
+    fn compare_and_set<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<u32>,
+        value: Vec<u8>,
+    ) -> StateFuture<'a, u32> {
+        Box::pin(async move {
+            check_key(key)?;
+            check_value(&value)?;
+            let Some(expected) = expected else {
+                return match self.create(key, &value).await? {
+                    Ok(version) => Ok(version),
+                    Err(zk::Error::NodeExists) => Err(StateError::Conflict),
+                    Err(e) => Err(StateError::Unavailable(e.to_string())),
+                };
+            };
+            let expected = i32::try_from(expected).map_err(|_| StateError::Conflict)?;
+            match self.fenced(key, Write::Set(&value, Some(expected))).await? {
+                Ok(zk::MultiWriteResult::SetData { stat }) => Ok(version(&stat)),
+                Ok(_) => Err(StateError::Unavailable("unexpected reply to a write".into())),
+                Err(zk::Error::BadVersion | zk::Error::NoNode) => Err(StateError::Conflict),
+                Err(e) => Err(StateError::Unavailable(e.to_string())),
+            }
+        })
+    }
+}
