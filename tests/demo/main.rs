@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use zkrun_tests::process::run_to_end;
-use zkrun_tests::{Ensemble, Event, Zkrun, paths};
+use zkrun_tests::{Ensemble, Event, Process, paths};
 
 const SESSION: &str = "4s";
 const ELECTION: &str = "/zkrun/demo";
@@ -16,7 +16,7 @@ fn say(text: &str) {
 }
 
 /// Prints the interesting events of one participant as they happen.
-fn follow(process: &Zkrun, start: Instant, running: Arc<AtomicBool>) {
+fn follow(process: &Process, start: Instant, running: Arc<AtomicBool>) {
     let log = process.log().clone();
     let id = process.id.clone();
     std::thread::spawn(move || {
@@ -50,7 +50,7 @@ fn describe(event: &Event) -> Option<String> {
 }
 
 /// Participants whose latest leadership event says they lead.
-fn leaders(processes: &[Zkrun]) -> Vec<usize> {
+fn leaders(processes: &[Process]) -> Vec<usize> {
     (0..processes.len())
         .filter(|&i| {
             let events = processes[i].events();
@@ -64,7 +64,7 @@ fn leaders(processes: &[Zkrun]) -> Vec<usize> {
 }
 
 /// Waits for a leader among the participants not in `gone`.
-fn wait_leader(processes: &[Zkrun], gone: &[usize], timeout: Duration) -> usize {
+fn wait_leader(processes: &[Process], gone: &[usize], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(&i) = leaders(processes).iter().find(|i| !gone.contains(i)) {
@@ -97,7 +97,7 @@ fn main() {
     say("Starting three zkrun participants with the heartbeat plugin");
     let mut processes = Vec::new();
     for id in ["edge-1", "edge-2", "edge-3"] {
-        let p = Zkrun::start(
+        let p = Process::zkrun(
             id,
             &[
                 "--plugin".as_ref(),

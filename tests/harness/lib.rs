@@ -19,7 +19,7 @@ pub mod proxy;
 pub use ensemble::{Ensemble, EnsembleOptions};
 pub use events::{Event, EventLog};
 pub use peer::Peer;
-pub use process::Zkrun;
+pub use process::Process;
 pub use proxy::Proxy;
 
 use std::time::{Duration, Instant};

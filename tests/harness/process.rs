@@ -1,4 +1,5 @@
-//! zkrun processes run by tests: the real binary, its JSON log captured.
+//! Child processes run by tests and benchmarks (the real zkrun binary, or a
+//! benchmark peer), with every line they print captured as an event.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::events::{Event, EventLog};
 use crate::{die_with_parent, paths};
 
-/// A running `zkrun` process.
-pub struct Zkrun {
+/// A running child process whose output lines are captured.
+pub struct Process {
     /// The participant id it was given.
     pub id: String,
     child: Child,
@@ -17,16 +18,16 @@ pub struct Zkrun {
     exit: Option<ExitStatus>,
 }
 
-impl Zkrun {
+impl Process {
     /// Starts `zkrun run --log-format json --id <id> <args>`.
-    pub fn start<S: AsRef<OsStr>>(id: &str, args: &[S]) -> Zkrun {
+    pub fn zkrun<S: AsRef<OsStr>>(id: &str, args: &[S]) -> Process {
         let mut command = Command::new(paths::zkrun_binary());
         command.args(["run", "--log-format", "json", "--id", id]).args(args);
-        Zkrun::spawn(id, command)
+        Process::spawn(id, command)
     }
 
-    /// Starts a zkrun command as given (for bad-input tests of `run`).
-    pub fn spawn(id: &str, mut command: Command) -> Zkrun {
+    /// Starts a command as given; stdout and stderr lines become events.
+    pub fn spawn(id: &str, mut command: Command) -> Process {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.env("RUST_BACKTRACE", "1").env_remove("ZKRUN_LOG");
         die_with_parent(&mut command);
@@ -46,7 +47,7 @@ impl Zkrun {
                 }
             });
         }
-        Zkrun { id: id.to_string(), child, log, exit: None }
+        Process { id: id.to_string(), child, log, exit: None }
     }
 
     /// The process id.
@@ -108,7 +109,7 @@ impl Zkrun {
         self.wait_event_from(0, what, timeout, pred)
     }
 
-    /// Like [`Zkrun::wait_event`], among events from index `from` on.
+    /// Like [`Process::wait_event`], among events from index `from` on.
     pub fn wait_event_from(
         &self,
         from: usize,
@@ -128,7 +129,7 @@ impl Zkrun {
     }
 }
 
-impl Drop for Zkrun {
+impl Drop for Process {
     fn drop(&mut self) {
         if self.exit.is_none() {
             // SAFETY: plain kill(2) on our own child, in case it is stopped.

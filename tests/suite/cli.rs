@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use zkrun_tests::ensemble::free_ports;
 use zkrun_tests::process::run_to_end;
-use zkrun_tests::{Ensemble, Event, TempDir, Zkrun, monotonic_ns, paths};
+use zkrun_tests::{Ensemble, Event, Process, TempDir, monotonic_ns, paths};
 
 const SOON: Duration = Duration::from_secs(30);
 
@@ -29,11 +29,11 @@ fn args(ensemble: &Ensemble, election: &str, plugin: &Path, session: &str, extra
     args
 }
 
-fn heartbeat_participants(ensemble: &Ensemble, election: &str, n: usize, session: &str) -> Vec<Zkrun> {
+fn heartbeat_participants(ensemble: &Ensemble, election: &str, n: usize, session: &str) -> Vec<Process> {
     let heartbeat = paths::plugin("heartbeat");
     (0..n)
         .map(|i| {
-            let p = Zkrun::start(&format!("p{i}"), &args(ensemble, election, &heartbeat, session, &[]));
+            let p = Process::zkrun(&format!("p{i}"), &args(ensemble, election, &heartbeat, session, &[]));
             // One after the other, so the line follows the index.
             p.wait_event("joined", SOON, |e| e.kind() == "joined");
             p
@@ -46,21 +46,21 @@ fn is_elected(e: &Event) -> bool {
 }
 
 /// Heartbeat ticks of `term` logged after `after_ns` (monotonic).
-fn ticks_after(p: &Zkrun, term: u64, after_ns: u64) -> usize {
+fn ticks_after(p: &Process, term: u64, after_ns: u64) -> usize {
     p.events()
         .iter()
         .filter(|e| e.is_heartbeat_tick() && e.term() == Some(term) && e.mono_ns().unwrap_or(0) > after_ns)
         .count()
 }
 
-fn wait_ticks(p: &Zkrun, term: u64, n: usize) {
+fn wait_ticks(p: &Process, term: u64, n: usize) {
     let after = 0;
     zkrun_tests::wait_for(&format!("{} to tick {n} times in term {term}", p.id), SOON, || {
         (ticks_after(p, term, after) >= n).then_some(())
     });
 }
 
-fn elected_terms(p: &Zkrun) -> Vec<u64> {
+fn elected_terms(p: &Process) -> Vec<u64> {
     p.events().iter().filter(|e| is_elected(e)).filter_map(Event::term).collect()
 }
 
@@ -219,7 +219,7 @@ fn sighup_reloads_a_valid_plugin_and_rejects_a_broken_one() {
     let dir = TempDir::new("reload");
     let job = dir.path().join("job.wasm");
     std::fs::copy(paths::plugin("heartbeat"), &job).unwrap();
-    let p = Zkrun::start(
+    let p = Process::zkrun(
         "reloader",
         &args(&ensemble, "/zkrun/cli/reload", &job, "4s", &["--plugin-config", "ticks-per-term=1000000"]),
     );
@@ -281,11 +281,11 @@ fn failing_plugins_give_up_the_lead_and_the_host_keeps_serving() {
     ];
     let mut bad_processes = Vec::new();
     for (id, plugin, extra) in &bad {
-        let p = Zkrun::start(id, &args(&ensemble, election, &paths::plugin(plugin), "4s", extra));
+        let p = Process::zkrun(id, &args(&ensemble, election, &paths::plugin(plugin), "4s", extra));
         p.wait_event("joined", SOON, |e| e.kind() == "joined");
         bad_processes.push(p);
     }
-    let good = Zkrun::start("good", &args(&ensemble, election, &paths::plugin("heartbeat"), "4s", &[]));
+    let good = Process::zkrun("good", &args(&ensemble, election, &paths::plugin("heartbeat"), "4s", &[]));
 
     let expected = ["trap", "timeout", "out-of-memory"];
     for (p, kind) in bad_processes.iter().zip(expected) {
@@ -313,7 +313,7 @@ fn failing_plugins_give_up_the_lead_and_the_host_keeps_serving() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let ensemble = Ensemble::start();
-    let mut p = Zkrun::start(
+    let mut p = Process::zkrun(
         "stubborn",
         &args(
             &ensemble,
@@ -468,7 +468,7 @@ fn a_config_file_drives_a_participant_and_flags_override_it() {
         ),
     )
     .unwrap();
-    let p = Zkrun::start(
+    let p = Process::zkrun(
         "configured",
         &["--config".as_ref(), config.as_os_str(), "--plugin-config".as_ref(), "message=from-flag".as_ref()],
     );

@@ -256,7 +256,7 @@ async fn partitioned_leader_is_demoted_and_a_successor_leads_with_a_higher_term(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watches_touch_only_the_next_in_line() {
+async fn a_handover_touches_only_the_next_two_in_line() {
     let ensemble = Ensemble::start();
     let path = "/zkrun/e/herd";
     let mut peers = peers(&ensemble.connect_string(), path, 20, SESSION).await;
@@ -279,11 +279,15 @@ async fn watches_touch_only_the_next_in_line() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after: Vec<_> = peers.iter().map(|p| p.election.stats()).collect();
 
+    // The successor wakes (its predecessor's node is gone), and so does the
+    // one after it, once, when the new leader announces itself (so that it
+    // keeps a warm proof, ready to take over fast). Nobody else: O(1).
     let woken: Vec<usize> = (1..peers.len()).filter(|&i| after[i].wakeups > before[i].wakeups).collect();
     let read: Vec<usize> = (1..peers.len()).filter(|&i| after[i].reads > before[i].reads).collect();
-    assert_eq!(woken, vec![1], "only the successor may wake up");
-    assert_eq!(read, vec![1], "only the successor may look at the election");
+    assert_eq!(woken, vec![1, 2], "only the successor and the next in line may wake up");
+    assert_eq!(read, vec![1, 2], "only the successor and the next in line may look at the election");
     assert_eq!(after[1].wakeups - before[1].wakeups, 1);
+    assert_eq!(after[2].wakeups - before[2].wakeups, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,25 +307,26 @@ async fn deleted_election_path_is_recreated() {
     let demoted =
         peers[0].wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
     assert_eq!(demoted, LeadershipEvent::Demoted { term, reason: DemoteReason::NodeDeleted });
+    // Everyone rejoins the recreated election, each with exactly one node.
+    // (While the operator's deletes land one by one, the next in line may
+    // lead briefly on its old node; never two at once.)
     let deadline = Instant::now() + SOON;
-    let leader = loop {
-        let now = leaders(&peers);
-        assert!(now.len() <= 1, "two leaders: {now:?}");
-        if let [one] = now[..] {
-            break one;
+    loop {
+        assert!(leaders(&peers).len() <= 1, "two leaders: {:?}", leaders(&peers));
+        let rejoined = client.list_children(path).await.map(|c| c.len() == 3).unwrap_or(false);
+        let states: Vec<ElectionState> = peers.iter().map(|p| p.election.state()).collect();
+        let settled = states.iter().filter(|s| matches!(s, ElectionState::Leader { .. })).count() == 1
+            && states.iter().filter(|s| matches!(s, ElectionState::Follower { .. })).count() == 2;
+        if rejoined && settled {
+            break;
         }
-        assert!(Instant::now() < deadline, "nobody leads the recreated election");
+        assert!(Instant::now() < deadline, "the recreated election did not settle: {states:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(peers[leader].election.confirmed().unwrap().term > term);
+    }
+    let now = leaders(&peers);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(peers[now[0]].election.confirmed().unwrap().term > term);
     assert!(client.check_stat(path).await.unwrap().is_some());
-    // Everyone rejoins, each with exactly one node.
-    zkrun_tests::wait_for_async("all three to rejoin", SOON, || {
-        let client = client.clone();
-        async move { (client.list_children(path).await.ok()?.len() == 3).then_some(()) }
-    })
-    .await;
-    assert_eq!(leaders(&peers), vec![leader]);
 }
 
 /// A process that cannot run (here: its only runtime thread is blocked, as

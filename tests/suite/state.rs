@@ -7,7 +7,7 @@ use std::time::Duration;
 use zkrun::election::LeadershipEvent;
 use zkrun::state::zookeeper::{FencedStore, WRITE_DELAY_FAILPOINT};
 use zkrun::state::{Entry, MAX_VALUE, StateError, StateStore};
-use zkrun_tests::{Ensemble, Event, Peer, Proxy, Zkrun, paths};
+use zkrun_tests::{Ensemble, Event, Peer, Process, Proxy, paths};
 use zookeeper_client as zk;
 
 const SESSION: Duration = Duration::from_secs(4);
@@ -143,7 +143,7 @@ fn counter_args(
 }
 
 /// `committed N under term T` lines of one process: (N, T, mono_ns).
-fn commits(p: &Zkrun) -> Vec<(u64, u64, u64)> {
+fn commits(p: &Process) -> Vec<(u64, u64, u64)> {
     p.events()
         .iter()
         .filter(|e| e.kind() == "plugin_log")
@@ -169,9 +169,9 @@ async fn stored_counter(ensemble: &Ensemble, election: &str) -> (u64, u64, i32) 
 async fn the_counter_keeps_counting_across_sigterm_and_sigkill() {
     let ensemble = Ensemble::start();
     let election = "/zkrun/s/counter";
-    let mut p: Vec<Zkrun> = Vec::new();
+    let mut p: Vec<Process> = Vec::new();
     for i in 0..5 {
-        let z = Zkrun::start(&format!("c{i}"), &counter_args(&ensemble, election, "2s", "50ms", &[]));
+        let z = Process::zkrun(&format!("c{i}"), &counter_args(&ensemble, election, "2s", "50ms", &[]));
         z.wait_event("joined", SOON, |e| e.kind() == "joined");
         p.push(z);
     }
@@ -233,9 +233,9 @@ async fn a_frozen_leaders_write_is_refused_and_the_new_leaders_value_stays() {
             &["--hook-timeout", "60s", "--plugin-config", "write=put"],
         ))
         .env(WRITE_DELAY_FAILPOINT, "1500ms");
-    let frozen = Zkrun::spawn("frozen", command);
+    let frozen = Process::spawn("frozen", command);
     frozen.wait_event("joined", SOON, |e| e.kind() == "joined");
-    let successor = Zkrun::start("successor", &counter_args(&ensemble, election, "2s", "50ms", &[]));
+    let successor = Process::zkrun("successor", &counter_args(&ensemble, election, "2s", "50ms", &[]));
     successor.wait_event("joined", SOON, |e| e.kind() == "joined");
 
     let first = frozen.wait_event("first commit", SOON, |e| e.message().starts_with("committed 1 "));
@@ -278,7 +278,7 @@ async fn a_frozen_leaders_write_is_refused_and_the_new_leaders_value_stays() {
 #[test]
 fn reads_work_in_every_hook_and_writes_only_while_leading() {
     let ensemble = Ensemble::start();
-    let mut p = Zkrun::start(
+    let mut p = Process::zkrun(
         "prober",
         &[
             "--plugin".as_ref(),

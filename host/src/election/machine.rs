@@ -28,6 +28,10 @@ const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_a
 const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
     zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
 
+/// How long a shutting-down participant waits between deleting its node and
+/// closing its session.
+const CLOSE_LINGER: Duration = Duration::from_millis(50);
+
 /// A session that lived this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(60);
 
@@ -130,6 +134,11 @@ impl Machine {
                     }
                 }
                 Exit::Shutdown(done) => {
+                    // The node is gone already (deleted on the way out). A
+                    // session close right behind the delete would sit in the
+                    // ensemble's commit pipeline while the successor reads
+                    // the election, so leave a moment before closing.
+                    tokio::time::sleep(CLOSE_LINGER).await;
                     self.close(session).await;
                     break done;
                 }
@@ -285,9 +294,9 @@ impl Machine {
         Ok(Session { client, states, id, timing, started: Instant::now() })
     }
 
-    /// Closes a session, which deletes its ephemeral election node in the
-    /// same transaction. The library closes it once the last client handle
-    /// is dropped; wait briefly for that so the node goes at once.
+    /// Closes a session (which deletes any ephemeral node left). The library
+    /// closes it once the last client handle is dropped; wait briefly for
+    /// that so nothing lingers until the session would expire.
     async fn close(&mut self, session: Session) {
         self.revoke(false);
         let Session { client, mut states, .. } = session;
@@ -467,18 +476,41 @@ impl Machine {
     }
 
     /// Waits in line, watching only the node just ahead, until we lead.
+    ///
+    /// The participant next in line (the one whose predecessor leads) keeps
+    /// a *warm proof*: a `sync` + read of its own node every refresh, as a
+    /// leader does. When the leader's node goes, it can then lead on a plain
+    /// read of the children, without waiting for another `sync` round trip
+    /// to the ensemble's leader, because the lease counts from that earlier
+    /// proof (see `docs/election.md`). Everyone else only waits.
     async fn contend(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
         let parent = self.config.path.clone();
+        let timing = session.timing;
+        // A proof (send time of a sync answered) while next in line, and
+        // whether the leader's node just went.
+        let mut warm: Option<Instant> = None;
+        let mut leader_left = false;
         loop {
             if let Some((rejoin_after, done)) = self.resign_pending.take() {
                 self.delete_own(session, node).await?;
                 let _ = done.send(());
                 return Ok(Rejoin::After(rejoin_after));
             }
-            let look = match look(&session.client, &parent, &node.path, true).await {
+            // Lead on a plain read only with a proof that leaves most of a lease.
+            let fast = warm
+                .filter(|proof| leader_left && timing.lease_end(*proof) > Instant::now() + timing.refresh);
+            leader_left = false;
+            let looked = match fast {
+                Some(proof) => read_children(&session.client, &parent, &node.path).await.map(|mut l| {
+                    l.at = proof;
+                    l
+                }),
+                None => look(&session.client, &parent, &node.path, true).await,
+            };
+            let look = match looked {
                 Ok(look) => {
                     debug!(
-                        took_us = look.at.elapsed().as_micros() as u64,
+                        fast = fast.is_some(),
                         mono_ns = crate::clock::monotonic_ns(),
                         "looked at the election"
                     );
@@ -486,6 +518,7 @@ impl Machine {
                 }
                 Err(zk::Error::NoNode) => return Ok(Rejoin::Now),
                 Err(err) => {
+                    warm = None;
                     self.recover(session, err).await?;
                     continue;
                 }
@@ -516,19 +549,43 @@ impl Machine {
                     continue;
                 }
             };
-            tokio::select! {
-                event = watcher.changed() => {
-                    debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
-                    if event.event_type != zk::EventType::Session {
-                        self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+            let next_in_line = position == 1;
+            warm = if next_in_line && fast.is_none() { Some(look.at) } else { warm.filter(|_| next_in_line) };
+            let mut changed = std::pin::pin!(watcher.changed());
+            let mut refresh: Option<LookFuture> = None;
+            loop {
+                let refresh_at = warm.map(|proof| proof + timing.refresh).unwrap_or_else(Instant::now);
+                tokio::select! {
+                    event = &mut changed => {
+                        debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
+                        if event.event_type != zk::EventType::Session {
+                            self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        leader_left = next_in_line && event.event_type == zk::EventType::NodeDeleted;
+                        break;
+                    }
+                    state = session.states.changed() => {
+                        if state.is_terminated() {
+                            return Err(Exit::SessionLost);
+                        }
+                        warm = None;
+                        break;
+                    }
+                    command = self.commands.recv() => {
+                        self.defer(command)?;
+                        break;
+                    }
+                    result = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
+                        refresh = None;
+                        warm = match result {
+                            Ok(look) if look.own.is_some_and(|stat| stat.ephemeral_owner == session.id) => Some(look.at),
+                            _ => None,
+                        };
+                    }
+                    _ = sleep_until(refresh_at.into()), if next_in_line && refresh.is_none() => {
+                        refresh = Some(start_look(&session.client, &parent, &node.path));
                     }
                 }
-                state = session.states.changed() => {
-                    if state.is_terminated() {
-                        return Err(Exit::SessionLost);
-                    }
-                }
-                command = self.commands.recv() => self.defer(command)?,
             }
         }
     }
@@ -548,6 +605,10 @@ impl Machine {
             "leading"
         );
 
+        // Tell the next in line that its predecessor now leads: the data
+        // change fires its watch, so it starts keeping a warm proof. Fire and
+        // forget: the request is sent now, its reply does not matter.
+        drop(session.client.set_data(&node.path, &self.config.participant.to_bytes(), None));
         let mut own_watch = match watch_own(&session.client, &node.path).await {
             Ok(Some(watch)) => watch,
             Ok(None) => {
@@ -579,11 +640,12 @@ impl Machine {
                             let _ = done.send(());
                             Ok(Rejoin::After(rejoin_after))
                         }
-                        // Closing the session deletes the node in the same
-                        // transaction: one write for the successor to wait
-                        // on, not two (see `run`).
+                        // Delete the node first: the successor waits on that
+                        // write only. (Closing the session would delete it
+                        // too, but a close is a slower transaction.)
                         Some(Command::Shutdown { done }) => {
                             self.demote(term, DemoteReason::Shutdown);
+                            let _ = self.delete_own(session, node).await;
                             Err(Exit::Shutdown(Some(done)))
                         }
                         None => {
@@ -715,6 +777,17 @@ async fn look(client: &zk::Client, parent: &str, own: &str, with_children: bool)
         Some(children) => children.await?,
         None => Vec::new(),
     };
+    let own = own.await?;
+    Ok(Look { at, children, own })
+}
+
+/// Reads the children and our own node, without a `sync`: for a participant
+/// that holds a recent proof and was just told its predecessor is gone.
+async fn read_children(client: &zk::Client, parent: &str, own: &str) -> Result<Look, zk::Error> {
+    let at = Instant::now();
+    let children = client.list_children(parent);
+    let own = client.check_stat(own);
+    let children = children.await?;
     let own = own.await?;
     Ok(Look { at, children, own })
 }
