@@ -23,7 +23,9 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     packages+=(rustc-web cargo-web rust-web-src wasi-libc lld-22)
 fi
 if [ "$bench" = 1 ]; then
-    packages+=(libcurator-recipes-java python3-venv)
+    # The Curator peer: Curator 5.4.0 (it pulls in the ZooKeeper client and
+    # Guava), SLF4J's no-op binding to keep it quiet, and javac to build it.
+    packages+=(libcurator-recipes-java libslf4j-java openjdk-17-jdk-headless python3-venv)
 fi
 
 missing=()

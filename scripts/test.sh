@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "setup (idempotent)"
-scripts/setup.sh
+step "setup (idempotent), with the benchmark peers: the suite runs the benchmark's smoke mode"
+scripts/setup.sh --bench
 
-step "plugins (wasm32-wasip2 components)"
+step "plugins (wasm32-wasip2 components) and the Curator peer"
 scripts/build-plugins.sh
+benches/peers/build-curator.sh
 
 step "format"
 cargo fmt --all --check

@@ -303,13 +303,17 @@ fn failovers(bench: &mut Bench, kind: Kind, rounds: usize) -> (Vec<Value>, usize
             .filter(|(_, what, at)| *what == Said::Tick && *at > t_kill - 2_000_000_000)
             .map(|(id, _, at)| (id, at))
             .collect();
-        let before = ticks.iter().rev().find(|(_, at)| *at <= t_kill).cloned();
-        let after = ticks.iter().find(|(_, at)| *at > t_kill).cloned();
-        let (paused_ms, changed_hands) = match (before, after) {
-            (Some((id0, t0)), Some((id1, t1))) => (ms(t1 - t0), id0 != id1),
+        // The pause: the longest gap between two ticks from the last one
+        // before the kill on (a library may notice the dead server late).
+        let from = ticks.iter().rposition(|(_, at)| *at <= t_kill);
+        let (paused_ms, changed_hands) = match from {
+            Some(i) if i + 1 < ticks.len() => {
+                let gap = ticks[i..].windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or(0);
+                (ms(gap), ticks.last().unwrap().0 != ticks[i].0)
+            }
             // No tick resumed within two session timeouts.
-            (Some((_, t0)), None) => (ms(monotonic_ns() - t0), true),
-            _ => (f64::NAN, true),
+            Some(i) => (ms(monotonic_ns() - ticks[i].1), true),
+            None => (f64::NAN, true),
         };
         // Two participants' ticks interleaving means two jobs ran at once.
         let ids: Vec<&String> = ticks.iter().map(|(id, _)| id).collect();
@@ -359,9 +363,11 @@ fn scale(bench: &mut Bench, kind: Kind, n: usize, rounds: usize) -> Value {
         };
         std::thread::sleep(Duration::from_secs(2));
         watches = bench.ensemble.watch_count();
+        // Requests the ensemble receives in a quiet second (mostly pings,
+        // and the polling recipe's polls), then in the second of a handover.
         let p0 = bench.mntr("zk_packets_received");
         let quiet = Instant::now();
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(1));
         let p1 = bench.mntr("zk_packets_received");
         let rate = (p1 - p0) as f64 / quiet.elapsed().as_secs_f64();
         let t0 = monotonic_ns();
@@ -369,7 +375,7 @@ fn scale(bench: &mut Bench, kind: Kind, n: usize, rounds: usize) -> Value {
         leader.signal(libc::SIGTERM);
         let refs: Vec<&Process> = others.iter().collect();
         let (_, t1) = wait_elected(&refs, Some(&leader.id), t0);
-        std::thread::sleep(Duration::from_secs(2).saturating_sub(window.elapsed()));
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(window.elapsed()));
         let p2 = bench.mntr("zk_packets_received");
         let extra = (p2 - p1) as f64 - rate * window.elapsed().as_secs_f64();
         handover.push(ms(t1 - t0));
@@ -623,7 +629,8 @@ fn main() {
             format!("Every peer runs the same trivial job: a tick every {TICK_MS} ms while it believes it leads; \"the job starts\" is its elected event."),
             "Handover times run from the signal to the successor's elected event, both on CLOCK_MONOTONIC.",
             "Failover kills (SIGKILL) the ZooKeeper server the leader's session is connected to; the pause is the gap between the last tick before and the first tick after.",
-            "Scale: extra packets are those the ensemble received in the 2 s after the SIGTERM beyond its steady rate (mostly pings), from `mntr`.",
+            "Failover: the pause is the longest gap between two ticks of the job, from the last tick before the server died until two session timeouts later.",
+            "Scale: extra packets are the requests the ensemble received (`mntr` zk_packets_received, all servers) in the second after the SIGTERM, minus those of the quiet second before (mostly pings); a herd effect would add one or more per participant.",
         ],
     });
     if let Some(dir) = options.out.parent() {

@@ -9,6 +9,7 @@
 //! spawned task.
 
 pub mod capture;
+pub mod chaos;
 pub mod ensemble;
 pub mod events;
 pub mod paths;
@@ -33,6 +34,20 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         }
         if Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` until it returns `Some`, or gives up with `None` after `timeout`.
+pub fn wait_for_opt<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

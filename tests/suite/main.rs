@@ -1,6 +1,8 @@
 //! zkrun's integration suite: real ZooKeeper ensembles, real components,
 //! real zkrun processes. One test binary, so the host links once.
 
+mod bench;
+mod chaos;
 mod cli;
 mod election;
 mod runtime;

@@ -1,0 +1,513 @@
+"""Renders a benchmark results JSON file as a markdown report and a PNG plot.
+
+    target/bench-venv/bin/python benches/render.py RESULTS.json \
+        --markdown OUT.md --plot OUT.png
+
+The results schema is shown by benches/sample-results.json. Every field may
+be missing (a smoke run measures less): what is present is rendered, the rest
+is left out. Peers are shown in the order zkrun, curator, kazoo, polling,
+then any others by name.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # after matplotlib.use
+from matplotlib import ticker
+
+KNOWN_PEERS = ["zkrun", "curator", "kazoo", "polling"]
+
+# zkrun_alone keys with a label and a unit; other keys are shown as they are.
+ZKRUN_ALONE = {
+    "tick_call_us": ("one `tick` call into the plugin", "µs"),
+    "instantiate_us": ("a fresh plugin instance (once per term)", "µs"),
+    "compile_ms": ("compiling the plugin (once per load)", "ms"),
+    "rss_idle_mib": ("resident memory, idle follower", "MiB"),
+    "cpu_1ms_tick_percent": ("CPU of one core, leading with a 1 ms tick", "%"),
+}
+
+PERCENTILE_NOTE = (
+    "Percentiles are nearest-rank: pN is the smallest sample with at least N% "
+    "of the samples at or below it, so with fewer than 100 samples p99 is the "
+    "maximum (and with fewer than 10, p90 is too). The median is the middle "
+    "sample, or the mean of the two middle ones."
+)
+
+
+def percentile(sorted_values, p):
+    """Nearest-rank percentile of an ascending, non-empty list."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summary(values):
+    """n, median, p90, p99, min, max of a list of numbers (None if empty)."""
+    values = sorted(v for v in values if isinstance(v, (int, float)))
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "min": values[0],
+        "max": values[-1],
+    }
+
+
+def fmt(value, digits=None):
+    """A number with as many decimals as its size deserves."""
+    if value is None:
+        return "–"
+    if isinstance(value, int) and digits is None:
+        return str(value)
+    if digits is None:
+        size = abs(value)
+        digits = 2 if size < 10 else 1 if size < 100 else 0
+    return f"{value:,.{digits}f}"
+
+
+def ordered_peers(mapping):
+    """The peers of a per-peer mapping, known ones first."""
+    if not isinstance(mapping, dict):
+        return []
+    known = [p for p in KNOWN_PEERS if p in mapping]
+    return known + sorted(p for p in mapping if p not in KNOWN_PEERS)
+
+
+def table(header, rows):
+    """A markdown table; the first column is left-aligned, the rest right."""
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def stats_table(per_peer, scale=1.0, unit="ms", digits=None):
+    """Rows per peer with n, median, p90, p99, min, max (values × scale)."""
+    rows = []
+    for peer in ordered_peers(per_peer):
+        values = per_peer[peer] if isinstance(per_peer[peer], list) else []
+        s = summary([v * scale for v in values if isinstance(v, (int, float))])
+        if s is None:
+            rows.append([peer, 0, "–", "–", "–", "–", "–"])
+            continue
+        cells = [s[k] for k in ("median", "p90", "p99", "min", "max")]
+        rows.append([peer, s["n"]] + [fmt(c, digits) for c in cells])
+    header = ["peer", "n"] + [
+        f"{k} ({unit})" for k in ("median", "p90", "p99", "min", "max")
+    ]
+    return table(header, rows)
+
+
+def machine_section(results):
+    """Where it ran: machine, ensemble, session timeout, versions."""
+    lines = ["## Machine and versions", ""]
+    machine = results.get("machine") or {}
+    facts = [
+        ("CPU", machine.get("cpu")),
+        ("cores", machine.get("cores")),
+        ("memory", f"{machine['memory_gib']} GiB" if "memory_gib" in machine else None),
+        ("kernel", machine.get("kernel")),
+        ("OS", machine.get("os")),
+    ]
+    ensemble = results.get("ensemble") or {}
+    if ensemble:
+        parts = []
+        if "servers" in ensemble:
+            parts.append(f"{ensemble['servers']} ZooKeeper servers on loopback")
+        if "tick_ms" in ensemble:
+            parts.append(f"tickTime {ensemble['tick_ms']} ms")
+        if "force_sync" in ensemble:
+            parts.append("forceSync " + ("on" if ensemble["force_sync"] else "off"))
+        facts.append(("ensemble", ", ".join(parts)))
+    if "session_timeout_ms" in results:
+        facts.append(("session timeout", f"{results['session_timeout_ms']} ms"))
+    lines += [f"- {name}: {value}" for name, value in facts if value not in (None, "")]
+    versions = results.get("versions") or {}
+    if versions:
+        lines.append(
+            "- versions: " + ", ".join(f"{name} {versions[name]}" for name in versions)
+        )
+    if len(lines) == 2:
+        lines.append("Not recorded.")
+    return lines + [""]
+
+
+def floor_median(results):
+    """The median of the floor samples, or None."""
+    floor = (results.get("floor") or {}).get("write_then_read_ms") or []
+    s = summary(floor)
+    return s["median"] if s else None
+
+
+def graceful_section(results):
+    graceful = results.get("graceful")
+    if not ordered_peers(graceful):
+        return []
+    lines = [
+        "## Graceful handover",
+        "",
+        "The leader is stopped with SIGTERM. Time until the next leader is elected (ms).",
+        "",
+    ]
+    lines += stats_table(graceful) + [""]
+    floor = floor_median(results)
+    zkrun = summary(graceful.get("zkrun") or [])
+    if zkrun and floor:
+        ratio = fmt(zkrun["median"] / floor, 1)
+        lines += [f"zkrun's median is {ratio}× the floor ({fmt(floor)} ms, below).", ""]
+    return lines
+
+
+def floor_section(results):
+    floor = summary((results.get("floor") or {}).get("write_then_read_ms") or [])
+    if floor is None:
+        return []
+    samples = f"{floor['n']} sample" + ("s" if floor["n"] != 1 else "")
+    text = (
+        f"One quorum write (a delete), the watch it fires, and a read by the "
+        f"watching client, on this ensemble: median "
+        f"{fmt(floor['median'])} ms over {samples} (min {fmt(floor['min'])}, "
+        f"max {fmt(floor['max'])}). A handover needs at least as much: a write "
+        "(the old leader's node goes) and the next leader reading the result."
+    )
+    return ["## Floor", "", text, ""]
+
+
+def crash_section(results):
+    crash = results.get("crash")
+    if not ordered_peers(crash):
+        return []
+    lines = [
+        "## Crash handover",
+        "",
+        (
+            "The leader is killed with SIGKILL; the ensemble ends its session only "
+            "after the session timeout. Time until the next leader is elected (ms)."
+        ),
+        "",
+    ]
+    lines += stats_table(crash) + [""]
+    timeout = results.get("session_timeout_ms")
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        lines += [
+            f"The same as a ratio of the session timeout T = {timeout} ms:",
+            "",
+        ]
+        lines += stats_table(crash, scale=1 / timeout, unit="×T", digits=3) + [""]
+    return lines
+
+
+def failover_section(results):
+    failover = results.get("failover")
+    if not ordered_peers(failover):
+        return []
+    lines = [
+        "## Failover of the leader's ZooKeeper server",
+        "",
+        (
+            "The ZooKeeper server the leader's session is connected to is killed "
+            "with SIGKILL: the longest pause of the job, and in how many rounds "
+            "another participant took over. zkrun and Curator stop the job while "
+            "the connection is in doubt and resume it once leadership is confirmed "
+            "again; kazoo's Election and the polling recipe never stop it (so "
+            "their pause is one tick), which also means they would keep running "
+            "it after losing the lead."
+        ),
+        "",
+    ]
+    rows = []
+    for peer in ordered_peers(failover):
+        rounds = [r for r in failover[peer] if isinstance(r, dict)]
+        pauses = summary([r.get("paused_ms") for r in rounds])
+        changed = sum(1 for r in rounds if r.get("changed_hands"))
+        rows.append(
+            [
+                peer,
+                len(rounds),
+                fmt(pauses["median"]) if pauses else "–",
+                fmt(pauses["max"]) if pauses else "–",
+                f"{changed} of {len(rounds)}",
+            ]
+        )
+    lines += table(
+        ["peer", "rounds", "median pause (ms)", "max pause (ms)", "changed hands"], rows
+    )
+    return lines + [""]
+
+
+def scale_section(results):
+    scale = results.get("scale")
+    if not ordered_peers(scale):
+        return []
+    lines = [
+        "## Scale",
+        "",
+        "Graceful handovers with many participants in one election (ms).",
+        "",
+    ]
+    handovers = {
+        p: (scale[p] or {}).get("handover_ms") or [] for p in ordered_peers(scale)
+    }
+    if any(handovers.values()):
+        lines += stats_table(handovers) + [""]
+    rows = []
+    for peer in ordered_peers(scale):
+        entry = scale[peer] or {}
+        packets = summary(entry.get("packets_per_handover") or [])
+        steady = summary(entry.get("steady_packets_per_s") or [])
+        rows.append(
+            [
+                peer,
+                fmt(entry.get("participants")),
+                (
+                    fmt(packets["median"], 0 if packets["median"] % 1 == 0 else 1)
+                    if packets
+                    else "–"
+                ),
+                fmt(steady["median"], 0) if steady else "–",
+                fmt(entry.get("watches")),
+            ]
+        )
+    lines += table(
+        [
+            "peer",
+            "participants",
+            "extra requests per handover (median)",
+            "steady requests/s",
+            "watches",
+        ],
+        rows,
+    )
+    return lines + [""]
+
+
+def overlaps_section(results):
+    overlaps = results.get("overlaps")
+    if not ordered_peers(overlaps):
+        return []
+    lines = [
+        "## Overlaps",
+        "",
+        "Rounds (graceful, crash and failover measures) in which the old "
+        "leader's job ticked after the new leader's had started: the job ran "
+        "on two hosts at once.",
+        "",
+    ]
+    rows = [[peer, fmt(overlaps[peer])] for peer in ordered_peers(overlaps)]
+    return lines + table(["peer", "job ran on two hosts at once"], rows) + [""]
+
+
+def zkrun_alone_section(results):
+    alone = results.get("zkrun_alone") or {}
+    if not alone:
+        return []
+    lines = ["## zkrun alone", ""]
+    rows = []
+    for key, value in alone.items():
+        label, unit = ZKRUN_ALONE.get(key, (f"`{key}`", ""))
+        rows.append([label, f"{fmt(value)} {unit}".strip()])
+    return lines + table(["measure", "value"], rows) + [""]
+
+
+def has_samples(results):
+    """Whether any n/median/p90/p99 table will have a number in it."""
+    per_peer = [results.get("graceful"), results.get("crash")]
+    scale = results.get("scale")
+    if isinstance(scale, dict):
+        per_peer.append({p: (e or {}).get("handover_ms") for p, e in scale.items()})
+    return any(
+        isinstance(m, dict) and any(isinstance(v, list) and v for v in m.values())
+        for m in per_peer
+    )
+
+
+def verdict_section(results):
+    """Where zkrun stands against the bar and the peers, in plain words."""
+    graceful = results.get("graceful") or {}
+    mine = summary(graceful.get("zkrun") or [])
+    if mine is None:
+        return []
+    lines = ["## Verdict", ""]
+    others = {
+        p: summary(graceful.get(p) or [])
+        for p in ordered_peers(graceful)
+        if p != "zkrun" and summary(graceful.get(p) or [])
+    }
+    beaten = [p for p, s in others.items() if mine["median"] < s["median"]]
+    not_beaten = [p for p in others if p not in beaten]
+    bar_median = mine["median"] < 4.0
+    bar_p99 = mine["p99"] < 10.0
+    lines.append(
+        f"- Graceful handover: zkrun's median is {fmt(mine['median'])} ms and its "
+        f"p99 {fmt(mine['p99'])} ms over {mine['n']} rounds; the bar is a median "
+        f"under 4 ms ({'met' if bar_median else 'NOT met'}) and a p99 under 10 ms "
+        f"({'met' if bar_p99 else 'NOT met'})."
+    )
+    if beaten:
+        lines.append(f"- It beats {', '.join(beaten)} on the median.")
+    if not_beaten:
+        lines.append(f"- It does NOT beat {', '.join(not_beaten)} on the median.")
+    floor = floor_median(results)
+    if floor:
+        lines.append(
+            f"- The floor (one quorum write, its watch, one read) is "
+            f"{fmt(floor)} ms here: zkrun's median is {mine['median'] / floor:.2f}× that."
+        )
+    crash = results.get("crash") or {}
+    timeout = results.get("session_timeout_ms")
+    ratios = {
+        p: summary(crash.get(p) or [])["median"] / timeout
+        for p in ordered_peers(crash)
+        if summary(crash.get(p) or []) and timeout
+    }
+    if ratios:
+        listed = ", ".join(f"{p} {r:.2f}" for p, r in ratios.items())
+        lines.append(
+            f"- Crash handover, median as a fraction of the session timeout: {listed}."
+        )
+    overlaps = results.get("overlaps") or {}
+    if "zkrun" in overlaps:
+        lines.append(
+            f"- zkrun's job ran on two hosts at once in {overlaps['zkrun']} rounds."
+        )
+    return lines + [""]
+
+
+def markdown(results, plot_path, markdown_path):
+    title = f"# zkrun benchmark, {results.get('date', 'undated')}"
+    if results.get("mode"):
+        title += f" ({results['mode']} run)"
+    lines = [title, ""]
+    lines += [
+        "zkrun against Apache Curator's `LeaderLatch`, kazoo's `Election` and a "
+        "polling recipe, in one run on one ZooKeeper ensemble. Reproduce with "
+        "`scripts/bench.sh` (a few rounds of everything: `scripts/bench.sh "
+        "--smoke`).",
+        "",
+    ]
+    lines += verdict_section(results)
+    lines += machine_section(results)
+    if plot_path:
+        relative = os.path.relpath(
+            plot_path, os.path.dirname(os.path.abspath(markdown_path))
+        )
+        lines += [f"![graceful and crash handover per peer]({relative})", ""]
+    if has_samples(results):
+        lines += [PERCENTILE_NOTE, ""]
+    lines += (
+        graceful_section(results)
+        + crash_section(results)
+        + failover_section(results)
+        + scale_section(results)
+        + overlaps_section(results)
+        + floor_section(results)
+        + zkrun_alone_section(results)
+    )
+    notes = [n for n in results.get("notes") or [] if isinstance(n, str)]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def strip_and_box(ax, per_peer, log):
+    """A box per peer with every sample drawn over it, jittered sideways."""
+    peers = [
+        p
+        for p in ordered_peers(per_peer)
+        if isinstance(per_peer[p], list) and per_peer[p]
+    ]
+    data = []
+    for peer in peers:
+        values = [v for v in per_peer[peer] if isinstance(v, (int, float))]
+        data.append([v for v in values if v > 0] if log else values)  # log: > 0 only
+    if not any(data):
+        ax.text(
+            0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return False
+    positions = range(1, len(peers) + 1)
+    ax.boxplot(data, positions=positions, widths=0.5, showfliers=False)
+    for x, values in zip(positions, data):
+        n = len(values)
+        # Deterministic jitter, so the same results give the same picture.
+        offsets = [((i * 0.618) % 1 - 0.5) * 0.3 if n > 1 else 0 for i in range(n)]
+        ax.scatter([x + o for o in offsets], values, s=12, alpha=0.6, zorder=3)
+    ax.set_xticks(list(positions), [f"{p}\n(n={len(d)})" for p, d in zip(peers, data)])
+    if log:
+        ax.set_yscale("log")
+        # Plain numbers (20, not 2×10¹); minor ticks labelled too when the
+        # data spans less than a decade, or the axis would have no label.
+        plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        values = [v for vs in data for v in vs]
+        narrow = max(values) < 10 * min(values)
+        ax.yaxis.set_minor_formatter(plain if narrow else ticker.NullFormatter())
+    ax.grid(axis="y", which="both", alpha=0.3)
+    return True
+
+
+def plot(results, path):
+    """Two panels: graceful handover (log ms), crash handover (× timeout)."""
+    fig, (graceful_ax, crash_ax) = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
+    graceful_ax.set_title("Graceful handover (leader stopped with SIGTERM)")
+    if strip_and_box(graceful_ax, results.get("graceful") or {}, log=True):
+        graceful_ax.set_ylabel("ms to the next leader (log scale)")
+
+    crash_ax.set_title("Crash handover (leader killed)")
+    crash = results.get("crash") or {}
+    timeout = results.get("session_timeout_ms")
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        ratios = {
+            p: [v / timeout for v in vs if isinstance(v, (int, float))]
+            for p, vs in crash.items()
+            if isinstance(vs, list)
+        }
+        if strip_and_box(crash_ax, ratios, log=False):
+            crash_ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+            crash_ax.set_ylabel(
+                f"time to the next leader ÷ session timeout ({timeout} ms)"
+            )
+    elif strip_and_box(crash_ax, crash, log=False):
+        crash_ax.set_ylabel("ms to the next leader")
+
+    title = f"zkrun benchmark, {results.get('date', 'undated')}"
+    if results.get("mode"):
+        title += f" ({results['mode']})"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="results JSON file")
+    parser.add_argument("--markdown", required=True, help="report to write")
+    parser.add_argument("--plot", required=True, help="PNG to write")
+    args = parser.parse_args()
+    with open(args.results, encoding="utf-8") as f:
+        results = json.load(f)
+    if not isinstance(results, dict):
+        sys.exit(f"render.py: {args.results} is not a JSON object")
+    for path in (args.markdown, args.plot):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plot(results, args.plot)
+    with open(args.markdown, "w", encoding="utf-8") as f:
+        f.write(markdown(results, args.plot, args.markdown))
+
+
+if __name__ == "__main__":
+    main()

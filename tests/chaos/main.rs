@@ -1,0 +1,54 @@
+//! `zkrun-chaos`: a seeded schedule of faults against a real ensemble and
+//! five zkrun participants, then a check of what happened. A failing seed
+//! reproduces the same schedule.
+//!
+//! ```sh
+//! target/release/zkrun-chaos --duration 30m --seed 1234
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use zkrun_tests::chaos::{self, ChaosConfig};
+
+#[derive(Debug, Parser)]
+#[command(about = "Jepsen-style fault injection against zkrun and a real ZooKeeper ensemble")]
+struct Options {
+    /// Seed of the fault schedule [default: random, printed]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long to inject faults, e.g. 2m, 30m
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// ZooKeeper servers: 3 or 5
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// zkrun participants
+    #[arg(long, default_value_t = 5)]
+    participants: usize,
+    /// Session timeout of the participants
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
+    /// Print nothing but the report
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    if options.servers != 3 && options.servers != 5 {
+        eprintln!("zkrun-chaos: --servers must be 3 or 5");
+        return ExitCode::from(2);
+    }
+    let seed = options.seed.unwrap_or_else(rand::random);
+    eprintln!("zkrun-chaos: seed {seed}, {:?} of faults", options.duration);
+    let mut config = ChaosConfig::new(seed, options.duration);
+    config.servers = options.servers;
+    config.participants = options.participants;
+    config.session_timeout = options.session_timeout;
+    config.verbose = !options.quiet;
+    let report = chaos::run(config);
+    println!("{report}");
+    if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
