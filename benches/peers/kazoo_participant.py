@@ -109,11 +109,7 @@ def main():
     args = peer_common.parse_args(__doc__.splitlines()[0])
     peer_common.quiet_logging()
     stop = peer_common.stop_on_signals()
-    participants = [Participant(args, i) for i in peer_common.participant_ids(args)]
-    for p in participants:
-        p.start()
-        if stop.is_set():
-            break
+    participants = peer_common.start_participants(Participant, args, stop)
     poller = threading.Thread(
         target=poll_joined, args=(participants, stop), daemon=True
     )

@@ -34,6 +34,17 @@ def parse_args(description):
     return args
 
 
+def start_participants(make, args, stop):
+    """Creates and starts one participant per id (make(args, id)); stops
+    starting more once a signal arrived. Returns them all."""
+    participants = [make(args, i) for i in participant_ids(args)]
+    for p in participants:
+        p.start()
+        if stop.is_set():
+            break
+    return participants
+
+
 def participant_ids(args):
     """ID when there is one participant, else ID-0 ... ID-(K-1)."""
     if args.count == 1:

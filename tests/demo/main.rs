@@ -122,7 +122,7 @@ fn main() {
     status(&ensemble);
 
     say(&format!(
-        "Killing the leader, {} (SIGKILL): its session lives until the ensemble expires it ({SESSION})",
+        "Killing the leader, {} (SIGKILL): the next takes over once its lease deadline has passed (session timeout {SESSION})",
         processes[first].id
     ));
     let killed = Instant::now();

@@ -87,7 +87,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 10] = [
+    /// Every kind of fault.
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillParticipant,
         FaultKind::StopParticipant,
         FaultKind::PauseShort,

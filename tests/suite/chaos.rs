@@ -12,18 +12,7 @@ fn a_short_chaos_run_finds_no_violation() {
     eprintln!("{report}");
     assert!(report.violations.is_empty(), "{report}");
     // Not vacuous: every kind of fault happened, and the job ran.
-    for kind in [
-        FaultKind::KillParticipant,
-        FaultKind::StopParticipant,
-        FaultKind::PauseShort,
-        FaultKind::PauseLong,
-        FaultKind::PartitionShort,
-        FaultKind::PartitionLong,
-        FaultKind::KillFollower,
-        FaultKind::KillEnsembleLeader,
-        FaultKind::QuorumLoss,
-        FaultKind::RestartAll,
-    ] {
+    for kind in FaultKind::ALL {
         assert!(report.faults.get(&kind).copied().unwrap_or(0) >= 1, "no {kind:?} in {report}");
     }
     assert!(report.ticks > 100 && report.handovers > 5 && report.commits > 100, "{report}");

@@ -72,7 +72,8 @@ fn leader_crash_waits_for_expiry_and_sigterm_hands_over_at_once() {
     wait_ticks(&p[0], t0, 3);
     assert!(elected_terms(&p[1]).is_empty() && elected_terms(&p[2]).is_empty());
 
-    // A crashed leader cannot hand over: the next waits for its session to expire.
+    // A crashed leader cannot hand over: the next waits until the dead
+    // leader's deadline has passed (or its session expired).
     let killed = monotonic_ns();
     p[0].kill();
     let second = p[1].wait_event("elected", SOON, is_elected);
@@ -196,6 +197,9 @@ fn a_frozen_leader_never_ticks_again_under_its_old_term() {
     let successor = p[1].wait_event("elected", SOON, is_elected);
     let new = successor.term().unwrap();
     assert!(new > old);
+    // It did not wait for the frozen leader's session to expire: the leader
+    // stopped renewing its lease, so past its deadline the next took over.
+    p[1].wait_event("took_over", SOON, |e| e.kind() == "took_over");
     std::thread::sleep(Duration::from_secs(1));
     p[0].signal(libc::SIGCONT);
     // It learns it lost the lead, and rejoins as a follower.
@@ -334,6 +338,23 @@ fn a_second_signal_exits_at_once() {
 }
 
 #[test]
+fn a_clamped_session_timeout_is_reported() {
+    let ensemble = Ensemble::start();
+    // The test ensemble's tickTime is 200 ms: sessions last at least 400 ms.
+    let p = Process::zkrun(
+        "clamped",
+        &args(&ensemble, "/zkrun/cli/clamped", &paths::plugin("heartbeat"), "100ms", &[]),
+    );
+    let warning = p.wait_event("session_timeout_clamped", SOON, |e| e.kind() == "session_timeout_clamped");
+    assert_eq!(warning.json["requested_ms"], 100);
+    assert_eq!(warning.json["negotiated_ms"], 400);
+    assert_eq!(warning.str("level"), "WARN");
+    // Leases follow the granted timeout.
+    let lease = p.wait_event("lease", SOON, |e| e.kind() == "lease");
+    assert_eq!(lease.json["lease_ms"], 200);
+}
+
+#[test]
 fn json_events_carry_what_operators_need() {
     let ensemble = Ensemble::start();
     let p = heartbeat_participants(&ensemble, "/zkrun/cli/json", 1, "4s");
@@ -396,9 +417,17 @@ fn check_accepts_jobs_and_names_what_is_wrong_with_the_rest() {
     let missing = dir.path().join("nope.wasm");
     let text_file = dir.path().join("text.wasm");
     std::fs::write(&text_file, "hello").unwrap();
+    // A core module (an empty one is valid), not a component.
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    let component = std::fs::read(paths::plugin("heartbeat")).unwrap();
+    std::fs::write(&truncated, &component[..component.len() / 3]).unwrap();
     let cases: Vec<(OsString, &str)> = vec![
         (missing.into(), "does not exist"),
         (text_file.into(), "not a WebAssembly file"),
+        (core.into(), "core WebAssembly module, not a component"),
+        (truncated.into(), "not a valid WebAssembly component"),
         (paths::plugin("wrong-version").into(), "built against zkrun:plugin@0.2.0"),
         (paths::plugin("unknown-import").into(), "imports acme:vault-job/secrets@0.1.0"),
         (paths::plugin("incomplete").into(), "does not export on-elected, on-demoted"),

@@ -18,13 +18,14 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::node::{self, Protection};
+use super::node::{self, LeaseRecord, Protection};
 use super::timing::{Backoff, Timing};
 use super::{
     Command, DemoteReason, ElectionConfig, ElectionState, Fence, LeadershipEvent, Lease, Shared, Term,
 };
 
 const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+const EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
 const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
     zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
 
@@ -54,6 +55,8 @@ enum Rejoin {
 /// One established ZooKeeper session.
 struct Session {
     client: zk::Client,
+    /// What our election node holds.
+    data: Vec<u8>,
     states: zk::StateWatcher,
     id: i64,
     timing: Timing,
@@ -69,6 +72,14 @@ struct OwnNode {
     term: Term,
 }
 
+impl OwnNode {
+    /// Where this node keeps its lease when it leads.
+    fn lease_path(&self) -> String {
+        let parent = self.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        format!("{parent}/{}", node::lease_name(&self.name).expect("our node names have a sequence"))
+    }
+}
+
 /// One consistent look at the election, taken right after a `sync`, so it is
 /// as fresh as the ensemble's leader at `at` (when the sync was sent).
 struct Look {
@@ -78,6 +89,37 @@ struct Look {
 }
 
 type LookFuture = Pin<Box<dyn Future<Output = Result<Look, zk::Error>> + Send>>;
+
+/// What the next in line knows of the leader's lease.
+#[derive(Clone, Copy, Debug)]
+struct LeaderLease {
+    /// The lease node's version last seen: each renewal bumps it.
+    version: i32,
+    /// When we learned of that version. The renewal behind it was sent
+    /// before, so the leader's deadline counts from earlier still.
+    seen_at: Instant,
+    /// The leader's deadline, from its lease record.
+    deadline: Duration,
+}
+
+impl LeaderLease {
+    /// When the leader has certainly demoted itself.
+    fn takeover_at(&self) -> Instant {
+        // The margin covers the clocks of two hosts running at slightly
+        // different rates, and the leader's demotion reaching its job.
+        self.seen_at + self.deadline + self.deadline * 3 / 20
+    }
+}
+
+/// How a takeover attempt ended.
+enum Takeover {
+    /// We deleted the silent leader's node.
+    Done,
+    /// The leader renewed meanwhile (or we could not tell): keep following.
+    Renewed(LeaderLease),
+    /// The leader's node is gone already.
+    Gone,
+}
 type WatchFuture = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>;
 
 pub(super) struct Machine {
@@ -291,7 +333,8 @@ impl Machine {
             "ZooKeeper session established"
         );
         let states = client.state_watcher();
-        Ok(Session { client, states, id, timing, started: Instant::now() })
+        let data = self.config.participant.to_bytes();
+        Ok(Session { client, data, states, id, timing, started: Instant::now() })
     }
 
     /// Closes a session (which deletes any ephemeral node left). The library
@@ -414,7 +457,7 @@ impl Machine {
     /// is deleted rather than adopted. Only one node of ours ever survives.
     async fn join(&mut self, session: &mut Session) -> Result<OwnNode, Exit> {
         let parent = self.config.path.clone();
-        let data = self.config.participant.to_bytes();
+        let data = session.data.clone();
         'attempt: loop {
             let children = match session.client.list_children(&parent).await {
                 Ok(children) => children,
@@ -490,9 +533,11 @@ impl Machine {
         // whether the leader's node just went.
         let mut warm: Option<Instant> = None;
         let mut leader_left = false;
+        // Set after we looked again because the node ahead seemed to lead.
+        let mut relooked = false;
         loop {
             if let Some((rejoin_after, done)) = self.resign_pending.take() {
-                self.delete_own(session, node).await?;
+                self.delete_own(session, node, false).await?;
                 let _ = done.send(());
                 return Ok(Rejoin::After(rejoin_after));
             }
@@ -539,9 +584,17 @@ impl Machine {
                 return self.lead(session, node, look.at).await;
             }
             let ahead = order[position - 1].1.to_string();
+            let ahead_path = format!("{parent}/{ahead}");
+            let ahead_lease =
+                format!("{parent}/{}", node::lease_name(&ahead).expect("participant nodes have a sequence"));
             self.set_state(ElectionState::Follower { ahead: ahead.clone(), position });
-            let watcher = match session.client.check_and_watch_stat(&format!("{parent}/{ahead}")).await {
-                Ok((Some(_), watcher)) => watcher,
+            let next_in_line = position == 1;
+            // Everyone watches the node ahead for its deletion, and its lease
+            // node: it appears when the node ahead starts leading (so we are
+            // next in line) and, for the next in line, changes with every
+            // renewal of the leader's lease.
+            let mut ahead_changed = match session.client.check_and_watch_stat(&ahead_path).await {
+                Ok((Some(_), watcher)) => Box::pin(watcher.changed()) as WatchFuture,
                 // Gone between listing and watching: look again, don't wait.
                 Ok((None, _)) => continue,
                 Err(err) => {
@@ -549,20 +602,53 @@ impl Machine {
                     continue;
                 }
             };
-            let next_in_line = position == 1;
+            let (mut lease_changed, mut leader) = match watch_lease(&session.client, &ahead_lease).await {
+                // The node ahead leads, but we did not see ourselves next in
+                // line: our look predates its election, so look again. (Once:
+                // a lease node can outlive a term whose node an operator
+                // deleted, until its session ends.)
+                Ok((_, Some(_))) if !next_in_line && !relooked => {
+                    relooked = true;
+                    continue;
+                }
+                Ok((watch, lease)) => (watch, lease.filter(|_| next_in_line)),
+                Err(err) => {
+                    self.recover(session, err).await?;
+                    continue;
+                }
+            };
+            relooked = false;
             warm = if next_in_line && fast.is_none() { Some(look.at) } else { warm.filter(|_| next_in_line) };
-            let mut changed = std::pin::pin!(watcher.changed());
             let mut refresh: Option<LookFuture> = None;
             loop {
                 let refresh_at = warm.map(|proof| proof + timing.refresh).unwrap_or_else(Instant::now);
+                let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
                 tokio::select! {
-                    event = &mut changed => {
+                    event = &mut ahead_changed => {
                         debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
-                        if event.event_type != zk::EventType::Session {
+                        if event.event_type == zk::EventType::NodeDeleted {
                             self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+                            leader_left = next_in_line;
                         }
-                        leader_left = next_in_line && event.event_type == zk::EventType::NodeDeleted;
                         break;
+                    }
+                    event = &mut lease_changed => {
+                        if !next_in_line || event.event_type == zk::EventType::Session {
+                            // The node ahead started leading: we are next now.
+                            break;
+                        }
+                        // A renewal (or the lease's first write): note when.
+                        match watch_lease(&session.client, &ahead_lease).await {
+                            Ok((watch, lease)) => {
+                                lease_changed = watch;
+                                leader = lease;
+                            }
+                            Err(err) => {
+                                self.recover(session, err).await?;
+                                warm = None;
+                                break;
+                            }
+                        }
                     }
                     state = session.states.changed() => {
                         if state.is_terminated() {
@@ -585,7 +671,78 @@ impl Machine {
                     _ = sleep_until(refresh_at.into()), if next_in_line && refresh.is_none() => {
                         refresh = Some(start_look(&session.client, &parent, &node.path));
                     }
+                    _ = sleep_until(takeover_at.unwrap_or_else(Instant::now).into()), if takeover_at.is_some() => {
+                        let lease = leader.take().expect("a takeover needs the leader's lease");
+                        match self.take_over(session, &parent, &ahead_path, &ahead_lease, &lease).await? {
+                            Takeover::Done | Takeover::Gone => {
+                                leader_left = true;
+                                break;
+                            }
+                            Takeover::Renewed(renewed) => leader = Some(renewed),
+                        }
+                    }
                 }
+            }
+        }
+    }
+
+    /// The leader ahead of us has renewed nothing for longer than its own
+    /// deadline: by its own rules it stopped its job and demoted itself.
+    /// Confirm through the ensemble's leader that no renewal landed in
+    /// between, then delete its node, in one transaction with a check that
+    /// its lease is still at the version last seen (so that a renewal landing
+    /// meanwhile wins), and lead without waiting for its session to expire.
+    async fn take_over(
+        &mut self,
+        session: &mut Session,
+        parent: &str,
+        leader_path: &str,
+        lease_path: &str,
+        lease: &LeaderLease,
+    ) -> Result<Takeover, Exit> {
+        let renewed =
+            |version: i32| Takeover::Renewed(LeaderLease { version, seen_at: Instant::now(), ..*lease });
+        let sync = session.client.sync(parent);
+        let read = session.client.check_stat(lease_path);
+        let current = match (sync.await, read.await) {
+            (Ok(()), Ok(stat)) => stat,
+            (Err(err), _) | (_, Err(err)) => {
+                self.recover(session, err).await?;
+                return Ok(renewed(lease.version));
+            }
+        };
+        let Some(stat) = current else { return Ok(Takeover::Gone) };
+        if stat.version != lease.version {
+            return Ok(renewed(stat.version));
+        }
+        let mut multi = session.client.new_multi_writer();
+        let built = multi
+            .add_check_version(lease_path, lease.version)
+            .and_then(|()| multi.add_delete(leader_path, None))
+            .and_then(|()| multi.add_delete(lease_path, None));
+        if built.is_err() {
+            return Ok(renewed(lease.version));
+        }
+        match multi.commit().await {
+            Ok(_) => {
+                self.shared.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    event = "took_over",
+                    node = leader_path,
+                    silent_ms = lease.seen_at.elapsed().as_millis() as u64,
+                    mono_ns = crate::clock::monotonic_ns(),
+                    "the leader renewed nothing past its deadline; deleted its election node to take over"
+                );
+                Ok(Takeover::Done)
+            }
+            // The lease moved on (or went): the leader lives, or left.
+            Err(zk::MultiWriteError::OperationFailed { index: 0, source: zk::Error::BadVersion }) => {
+                Ok(renewed(lease.version))
+            }
+            Err(zk::MultiWriteError::OperationFailed { .. }) => Ok(Takeover::Gone),
+            Err(zk::MultiWriteError::RequestFailed { source }) => {
+                self.recover(session, source).await?;
+                Ok(renewed(lease.version))
             }
         }
     }
@@ -605,10 +762,13 @@ impl Machine {
             "leading"
         );
 
-        // Tell the next in line that its predecessor now leads: the data
-        // change fires its watch, so it starts keeping a warm proof. Fire and
-        // forget: the request is sent now, its reply does not matter.
-        drop(session.client.set_data(&node.path, &self.config.participant.to_bytes(), None));
+        // The first renewal, right away, creates our lease node: the one
+        // behind us sees it appear and follows our renewals from then on.
+        let record = LeaseRecord { node: node.name.clone(), deadline_ms: timing.deadline.as_millis() as u64 }
+            .to_bytes();
+        let mut create_lease = true;
+        let mut refresh: Option<RenewalFuture> =
+            Some(start_renewal(&session.client, node, &record, create_lease));
         let mut own_watch = match watch_own(&session.client, &node.path).await {
             Ok(Some(watch)) => watch,
             Ok(None) => {
@@ -618,7 +778,6 @@ impl Machine {
             Err(_) => Box::pin(std::future::pending()),
         };
         let mut suspended = false;
-        let mut refresh: Option<LookFuture> = None;
         let mut next_refresh = proof + timing.refresh;
 
         loop {
@@ -636,7 +795,7 @@ impl Machine {
                     return match command {
                         Some(Command::Resign { rejoin_after, done }) => {
                             self.demote(term, DemoteReason::Resigned);
-                            self.delete_own(session, node).await?;
+                            self.delete_own(session, node, true).await?;
                             let _ = done.send(());
                             Ok(Rejoin::After(rejoin_after))
                         }
@@ -645,7 +804,7 @@ impl Machine {
                         // too, but a close is a slower transaction.)
                         Some(Command::Shutdown { done }) => {
                             self.demote(term, DemoteReason::Shutdown);
-                            let _ = self.delete_own(session, node).await;
+                            let _ = self.delete_own(session, node, true).await;
                             Err(Exit::Shutdown(Some(done)))
                         }
                         None => {
@@ -663,9 +822,9 @@ impl Machine {
                         }
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        // Same session, maybe another server: check the node now.
+                        // Same session, maybe another server: renew right away.
                         if refresh.is_none() {
-                            refresh = Some(start_look(&session.client, &self.config.path, &node.path));
+                            refresh = Some(start_renewal(&session.client, node, &record, create_lease));
                         }
                     }
                     zk::SessionState::Expired => {
@@ -680,6 +839,8 @@ impl Machine {
                 event = &mut own_watch => match event.event_type {
                     zk::EventType::NodeDeleted => {
                         self.demote(term, DemoteReason::NodeDeleted);
+                        // Our lease node would otherwise outlive the term.
+                        let _ = session.client.delete(&node.lease_path(), None).await;
                         return Ok(Rejoin::Now);
                     }
                     // Session events are handled by the state watcher above.
@@ -698,8 +859,9 @@ impl Machine {
                 result = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
                     refresh = None;
                     match result {
-                        Ok(look) if look.own.is_some_and(|stat| stat.ephemeral_owner == session.id) => {
-                            proof = look.at;
+                        Ok(Renewal::Renewed(at)) => {
+                            create_lease = false;
+                            proof = at;
                             next_refresh = proof + timing.refresh;
                             if suspended {
                                 suspended = false;
@@ -708,7 +870,11 @@ impl Machine {
                                 self.grant(session, node, proof);
                             }
                         }
-                        Ok(_) => {
+                        Ok(Renewal::Retry { create }) => {
+                            create_lease = create;
+                            refresh = Some(start_renewal(&session.client, node, &record, create_lease));
+                        }
+                        Ok(Renewal::NodeGone) => {
                             self.demote(term, DemoteReason::NodeDeleted);
                             return Ok(Rejoin::Now);
                         }
@@ -718,8 +884,8 @@ impl Machine {
                         }
                         Err(err) => {
                             // Connection loss: the state watcher starts the
-                            // next look on reconnect; otherwise retry soon.
-                            debug!(error = %err, "proof refresh failed");
+                            // next renewal on reconnect; otherwise retry soon.
+                            debug!(error = %err, "lease renewal failed");
                             if !suspended && err == zk::Error::ConnectionLoss {
                                 suspended = true;
                                 self.suspend(term, "connection lost");
@@ -733,7 +899,7 @@ impl Machine {
                     self.suspend(term, "lease ran out without a fresh proof");
                 }
                 _ = sleep_until(next_refresh.into()), if refresh.is_none() => {
-                    refresh = Some(start_look(&session.client, &self.config.path, &node.path));
+                    refresh = Some(start_renewal(&session.client, node, &record, create_lease));
                 }
             }
         }
@@ -741,11 +907,32 @@ impl Machine {
 
     /// Deletes our election node, riding out connection loss for as long as
     /// the session could still be alive.
-    async fn delete_own(&mut self, session: &mut Session, node: &OwnNode) -> Result<(), Exit> {
+    /// A leader deletes its lease node in the same transaction, so that the
+    /// successor waits on one write.
+    async fn delete_own(&mut self, session: &mut Session, node: &OwnNode, leading: bool) -> Result<(), Exit> {
         let started = Instant::now();
         let give_up = started + session.timing.deadline;
+        let mut with_lease = leading;
         loop {
-            match session.client.delete(&node.path, None).await {
+            let deleted = if with_lease {
+                let mut multi = session.client.new_multi_writer();
+                let lease = node.lease_path();
+                match multi.add_delete(&node.path, None).and_then(|()| multi.add_delete(&lease, None)) {
+                    Ok(()) => match multi.commit().await {
+                        Ok(_) => Ok(()),
+                        // No lease node after all: delete the node alone.
+                        Err(zk::MultiWriteError::OperationFailed { index: 1, .. }) => {
+                            with_lease = false;
+                            continue;
+                        }
+                        Err(err) => Err(zk::Error::from(err)),
+                    },
+                    Err(err) => Err(err),
+                }
+            } else {
+                session.client.delete(&node.path, None).await
+            };
+            match deleted {
                 Ok(()) | Err(zk::Error::NoNode) => {
                     debug!(node = %node.name, took_us = started.elapsed().as_micros() as u64, mono_ns = crate::clock::monotonic_ns(), "deleted our election node");
                     return Ok(());
@@ -796,6 +983,77 @@ fn start_look(client: &zk::Client, parent: &str, own: &str) -> LookFuture {
     let client = client.clone();
     let (parent, own) = (parent.to_string(), own.to_string());
     Box::pin(async move { look(&client, &parent, &own, false).await })
+}
+
+/// Watches the lease node of the node ahead. If it exists (the node ahead
+/// leads), also reads it: `Some` lease, and a watch that fires on the next
+/// renewal. If not, a watch that fires when it is created.
+async fn watch_lease(
+    client: &zk::Client,
+    path: &str,
+) -> Result<(WatchFuture, Option<LeaderLease>), zk::Error> {
+    loop {
+        match client.get_and_watch_data(path).await {
+            Ok((data, stat, watcher)) => {
+                let lease = LeaseRecord::from_bytes(&data).map(|record| LeaderLease {
+                    version: stat.version,
+                    seen_at: Instant::now(),
+                    deadline: Duration::from_millis(record.deadline_ms),
+                });
+                return Ok((Box::pin(watcher.changed()), lease));
+            }
+            Err(zk::Error::NoNode) => match client.check_and_watch_stat(path).await? {
+                (None, watcher) => return Ok((Box::pin(watcher.changed()), None)),
+                // Created in between: read it.
+                (Some(_), _) => continue,
+            },
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// How a lease renewal went.
+enum Renewal {
+    /// Renewed: the proof is when it was sent.
+    Renewed(Instant),
+    /// Our election node is gone.
+    NodeGone,
+    /// The lease node was missing (renew by creating it) or already there
+    /// (renew by writing it): try again the other way.
+    Retry { create: bool },
+}
+
+type RenewalFuture = Pin<Box<dyn Future<Output = Result<Renewal, zk::Error>> + Send>>;
+
+/// Renews the lease: one transaction that checks our election node exists
+/// and writes our lease node (creating it at the first renewal). The
+/// ensemble accepts it only from a live session; it bumps the lease node's
+/// version, which tells the next in line.
+fn start_renewal(client: &zk::Client, node: &OwnNode, record: &[u8], create: bool) -> RenewalFuture {
+    let client = client.clone();
+    let (own, lease, record) = (node.path.clone(), node.lease_path(), record.to_vec());
+    Box::pin(async move {
+        let at = Instant::now();
+        let mut multi = client.new_multi_writer();
+        multi.add_check_version(&own, -1)?;
+        if create {
+            multi.add_create(&lease, &record, &EPHEMERAL)?;
+        } else {
+            multi.add_set_data(&lease, &record, None)?;
+        }
+        match multi.commit().await {
+            Ok(_) => Ok(Renewal::Renewed(at)),
+            Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => Ok(Renewal::NodeGone),
+            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => {
+                Ok(Renewal::Retry { create: true })
+            }
+            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NodeExists, .. }) => {
+                Ok(Renewal::Retry { create: false })
+            }
+            Err(zk::MultiWriteError::OperationFailed { source, .. }) => Err(source),
+            Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
+        }
+    })
 }
 
 /// Watches our own node for deletion; `None` if it is already gone.

@@ -195,12 +195,14 @@ pub struct ElectionConfig {
 /// herd effect.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ElectionStats {
-    /// Watch notifications that woke this participant up.
+    /// Deletions of the node ahead that woke this participant up.
     pub wakeups: u64,
     /// Full looks at the election (sync + list children + own node).
     pub reads: u64,
     /// Sessions established.
     pub sessions: u64,
+    /// Silent leaders this participant took over from.
+    pub takeovers: u64,
 }
 
 #[derive(Default)]
@@ -208,6 +210,7 @@ struct Counters {
     wakeups: AtomicU64,
     reads: AtomicU64,
     sessions: AtomicU64,
+    takeovers: AtomicU64,
 }
 
 /// State shared between the election task and its handles.
@@ -285,6 +288,7 @@ impl Election {
             wakeups: c.wakeups.load(Ordering::Relaxed),
             reads: c.reads.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
+            takeovers: c.takeovers.load(Ordering::Relaxed),
         }
     }
 

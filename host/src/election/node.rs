@@ -60,6 +60,39 @@ pub fn in_order(children: &[String]) -> Vec<(i64, &str)> {
     nodes
 }
 
+/// The name of the lease node that goes with a participant node:
+/// `zkrun-lease-<sequence>`. A zkrun leader keeps its lease there, never in
+/// its election node, whose data Curator participants must see unchanged
+/// (a `LeaderLatch` follower drops its watch on any change but a deletion).
+/// It has no `latch-`, so both zkrun and Curator sort it after every
+/// participant node and never take it for one.
+pub fn lease_name(node: &str) -> Option<String> {
+    let at = node.rfind(LATCH)?;
+    Some(format!("zkrun-lease-{}", &node[at + LATCH.len()..]))
+}
+
+/// What a zkrun leader keeps in its lease node, renewed every refresh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The leader's election node.
+    pub node: String,
+    /// How long after its last renewal the leader has certainly stopped its
+    /// job and demoted itself (its deadline, in milliseconds).
+    pub deadline_ms: u64,
+}
+
+impl LeaseRecord {
+    /// The bytes stored in the lease node.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("lease record serializes")
+    }
+
+    /// Reads a lease node's data; `None` if it is not a lease record.
+    pub fn from_bytes(data: &[u8]) -> Option<LeaseRecord> {
+        serde_json::from_slice(data).ok()
+    }
+}
+
 /// What a zkrun participant writes into its election node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
@@ -130,6 +163,19 @@ mod tests {
         assert!(p.owns(&mine));
         assert!(!Protection::new().owns(&mine));
         assert_eq!(sequence(&mine), Some(1));
+    }
+
+    #[test]
+    fn lease_nodes_are_named_after_their_participant_and_sort_last() {
+        let node = "_c_1234-latch-0000000042";
+        let lease = lease_name(node).unwrap();
+        assert_eq!(lease, "zkrun-lease-0000000042");
+        assert_eq!(sequence(&lease), None);
+        // Curator compares names without `latch-` whole: after any digits.
+        assert!(lease.as_str() > "9999999999");
+        let record = LeaseRecord { node: node.into(), deadline_ms: 2666 };
+        assert_eq!(LeaseRecord::from_bytes(&record.to_bytes()), Some(record));
+        assert_eq!(LeaseRecord::from_bytes(b"curator"), None);
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl std::error::Error for Stop {}
 /// callback, the host calls and the output streams of that instance.
 #[derive(Default)]
 pub struct Gate {
-    /// Set by [`Interrupter::interrupt`]: stops leader hooks for good.
+    /// Set by [`Interrupter::interrupt`]: stops the running leader hook.
     interrupted: AtomicBool,
     bounds: Mutex<Option<Bounds>>,
 }
@@ -77,8 +77,10 @@ struct Bounds {
 
 impl Gate {
     /// Opens the gate for one hook: `limit` from now, and the permit if it is
-    /// a leader hook.
+    /// a leader hook. An interrupt aimed at an earlier hook does not carry
+    /// over: the caller decides to start this one.
     pub fn open(&self, limit: Duration, permit: Option<Arc<dyn Permit>>) {
+        self.interrupted.store(false, Ordering::Release);
         *self.bounds.lock().unwrap() = Some(Bounds { started: Instant::now(), limit, permit });
     }
 
@@ -141,8 +143,9 @@ impl Gate {
 pub struct Interrupter(pub(crate) Arc<Gate>);
 
 impl Interrupter {
-    /// Stops the running leader hook (within one epoch tick) and refuses every
-    /// later leader hook of the instance. `on-demoted` still runs.
+    /// Stops the running leader hook within one epoch tick (and refuses its
+    /// host calls). `on-demoted` is never interrupted this way; a hook that
+    /// has already returned is not affected.
     pub fn interrupt(&self) {
         self.0.interrupt();
     }
@@ -263,8 +266,12 @@ mod tests {
         assert_eq!(gate.check(), Ok(()));
         Interrupter(gate.clone()).interrupt();
         assert_eq!(gate.check(), Err(Stop::Interrupted));
-        // on-demoted has no permit: the interrupt does not stop it.
+        // The next hook starts afresh.
+        gate.open(Duration::from_secs(60), Some(permit.clone()));
+        assert_eq!(gate.check(), Ok(()));
+        // on-demoted has no permit: an interrupt does not stop it.
         gate.open(Duration::from_secs(60), None);
+        Interrupter(gate.clone()).interrupt();
         assert_eq!(gate.check(), Ok(()));
         gate.open(Duration::ZERO, None);
         std::thread::sleep(Duration::from_millis(2));
