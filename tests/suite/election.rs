@@ -269,13 +269,14 @@ async fn a_handover_touches_only_the_next_two_in_line() {
         peers[1..].iter().all(|p| matches!(p.election.state(), ElectionState::Follower { .. })).then_some(())
     });
     // Two watches per follower: its predecessor's node, and that node's
-    // lease node (which appears when it leads); one for the leader: its own
-    // node. Nobody watches the children of the election.
+    // lease node (which appears when it leads); one more for the next in
+    // line (its own node) and one for the leader (its own node). Nobody
+    // watches the children of the election.
     let watches = zkrun_tests::wait_for("watches to settle", SOON, || {
         let n = ensemble.watch_count();
-        (n == 2 * (peers.len() - 1) + 1).then_some(n)
+        (n == 2 * (peers.len() - 1) + 2).then_some(n)
     });
-    assert_eq!(watches, 39);
+    assert_eq!(watches, 40);
 
     let before: Vec<_> = peers.iter().map(|p| p.election.stats()).collect();
     peers[0].election.shutdown().await;
@@ -284,16 +285,51 @@ async fn a_handover_touches_only_the_next_two_in_line() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after: Vec<_> = peers.iter().map(|p| p.election.stats()).collect();
 
-    // Only the successor wakes up to its predecessor's deletion. The one
-    // after it looks at the election once, when the new leader's lease node
-    // appears (so that it follows that lease, ready to take over). Nobody
-    // else does anything: O(1) per handover.
+    // Only the successor wakes up to its predecessor's deletion, and it
+    // leads on its warm proof without reading anything. The one after it
+    // looks at the election once, when the new leader's lease node appears
+    // (so that it follows that lease, ready to take over). Nobody else does
+    // anything: O(1) per handover.
     let woken: Vec<usize> = (1..peers.len()).filter(|&i| after[i].wakeups > before[i].wakeups).collect();
     let read: Vec<usize> = (1..peers.len()).filter(|&i| after[i].reads > before[i].reads).collect();
     assert_eq!(woken, vec![1], "only the successor may wake up");
-    assert_eq!(read, vec![1, 2], "only the successor and the next in line may look at the election");
+    assert_eq!(read, vec![2], "only the new next in line may look at the election");
     assert_eq!(after[1].wakeups - before[1].wakeups, 1);
     assert_eq!(after[2].reads - before[2].reads, 1);
+}
+
+/// The next in line leads on a warm proof without reading anything back,
+/// trusting that its own node outlived the leader's. An operator who deletes
+/// its node first, then the leader's, must not fool it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_in_line_never_leads_on_a_node_it_lost() {
+    let ensemble = Ensemble::start();
+    let path = "/zkrun/e/lost";
+    let mut peers = peers(&ensemble.connect_string(), path, 3, SESSION).await;
+    peers[0].wait_elected(SOON).await;
+    // Let the next in line settle with its warm proof and its own watch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let node_of = |peer: &Peer| {
+        peer.events_seen().iter().rev().find_map(|e| match e {
+            LeadershipEvent::Joined { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+    };
+    let (leader_node, next_node) = (node_of(&peers[0]).unwrap(), node_of(&peers[1]).unwrap());
+
+    let client = operator(&ensemble).await;
+    client.delete(&format!("{path}/{next_node}"), None).await.unwrap();
+    client.delete(&format!("{path}/{leader_node}"), None).await.unwrap();
+
+    // The third in line takes over; the old next in line rejoins behind it.
+    peers[2].wait_elected(SOON).await;
+    peers[1].wait_event("Joined again", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for peer in &mut peers {
+        peer.drain();
+    }
+    assert!(!peers[1].was_elected(), "led on a deleted node: {:?}", peers[1].events_seen());
+    assert_eq!(leaders(&peers), vec![2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -522,17 +522,22 @@ impl Machine {
     ///
     /// The participant next in line (the one whose predecessor leads) keeps
     /// a *warm proof*: a `sync` + read of its own node every refresh, as a
-    /// leader does. When the leader's node goes, it can then lead on a plain
-    /// read of the children, without waiting for another `sync` round trip
-    /// to the ensemble's leader, because the lease counts from that earlier
-    /// proof (see `docs/election.md`). Everyone else only waits.
+    /// leader does, and a watch on its own node. When the leader's node is
+    /// deleted, it leads at once on that proof, without another round trip
+    /// (see `docs/election.md`). Everyone else only waits.
     async fn contend(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
         let parent = self.config.path.clone();
         let timing = session.timing;
-        // A proof (send time of a sync answered) while next in line, and
-        // whether the leader's node just went.
+        // A proof (send time of a sync answered) while next in line.
         let mut warm: Option<Instant> = None;
+        // The leader's node may have gone (worth a plain read), or is
+        // certainly gone: its deletion was notified, or was our own takeover.
         let mut leader_left = false;
+        let mut leader_gone = false;
+        // While next in line: a watch on our own node. The ensemble notifies
+        // changes in the order it applied them, on one connection, so if the
+        // leader's node is gone and this has not fired, our node outlived it.
+        let mut own_watch: Option<WatchFuture> = None;
         // Set after we looked again because the node ahead seemed to lead.
         let mut relooked = false;
         loop {
@@ -541,10 +546,30 @@ impl Machine {
                 let _ = done.send(());
                 return Ok(Rejoin::After(rejoin_after));
             }
-            // Lead on a plain read only with a proof that leaves most of a lease.
+            // Act on the warm proof only while it leaves most of a lease.
             let fast = warm
                 .filter(|proof| leader_left && timing.lease_end(*proof) > Instant::now() + timing.refresh);
+            let gone = std::mem::take(&mut leader_gone);
             leader_left = false;
+            if let (Some(proof), true, Some(watch)) = (fast, gone, own_watch.as_mut()) {
+                match ready_now(watch) {
+                    None => {
+                        // Our last look showed only the leader ahead; nodes
+                        // created since sort after ours. So we are first.
+                        debug!(
+                            mono_ns = crate::clock::monotonic_ns(),
+                            "the leader's node went before ours; leading on the warm proof"
+                        );
+                        return self.lead(session, node, proof).await;
+                    }
+                    Some(event) if event.event_type == zk::EventType::NodeDeleted => {
+                        info!(node = %node.name, "our election node is gone; rejoining");
+                        return Ok(Rejoin::Now);
+                    }
+                    // A session event: read instead, and watch again.
+                    Some(_) => own_watch = None,
+                }
+            }
             let looked = match fast {
                 Some(proof) => read_children(&session.client, &parent, &node.path).await.map(|mut l| {
                     l.at = proof;
@@ -618,17 +643,50 @@ impl Machine {
                 }
             };
             relooked = false;
+            if next_in_line && own_watch.is_none() {
+                match watch_own(&session.client, &node.path).await {
+                    Ok(Some(watch)) => own_watch = Some(watch),
+                    Ok(None) => {
+                        info!(node = %node.name, "our election node is gone; rejoining");
+                        return Ok(Rejoin::Now);
+                    }
+                    Err(err) => {
+                        self.recover(session, err).await?;
+                        continue;
+                    }
+                }
+            }
             warm = if next_in_line && fast.is_none() { Some(look.at) } else { warm.filter(|_| next_in_line) };
             let mut refresh: Option<LookFuture> = None;
             loop {
                 let refresh_at = warm.map(|proof| proof + timing.refresh).unwrap_or_else(Instant::now);
                 let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
+                // Biased: a change of connection (after which notifications
+                // may come out of order) and our own node's deletion are
+                // seen before the leader's deletion that arrived with them.
                 tokio::select! {
+                    biased;
+                    state = session.states.changed() => {
+                        if state.is_terminated() {
+                            return Err(Exit::SessionLost);
+                        }
+                        warm = None;
+                        break;
+                    }
+                    event = async { own_watch.as_mut().unwrap().await }, if own_watch.is_some() => {
+                        own_watch = None;
+                        if event.event_type == zk::EventType::NodeDeleted {
+                            info!(node = %node.name, "our election node is gone; rejoining");
+                            return Ok(Rejoin::Now);
+                        }
+                        break;
+                    }
                     event = &mut ahead_changed => {
                         debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
                         if event.event_type == zk::EventType::NodeDeleted {
                             self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
                             leader_left = next_in_line;
+                            leader_gone = next_in_line;
                         }
                         break;
                     }
@@ -650,13 +708,6 @@ impl Machine {
                             }
                         }
                     }
-                    state = session.states.changed() => {
-                        if state.is_terminated() {
-                            return Err(Exit::SessionLost);
-                        }
-                        warm = None;
-                        break;
-                    }
                     command = self.commands.recv() => {
                         self.defer(command)?;
                         break;
@@ -674,7 +725,13 @@ impl Machine {
                     _ = sleep_until(takeover_at.unwrap_or_else(Instant::now).into()), if takeover_at.is_some() => {
                         let lease = leader.take().expect("a takeover needs the leader's lease");
                         match self.take_over(session, &parent, &ahead_path, &ahead_lease, &lease).await? {
-                            Takeover::Done | Takeover::Gone => {
+                            Takeover::Done => {
+                                leader_left = true;
+                                leader_gone = true;
+                                break;
+                            }
+                            // Its lease went; its node may not have: look.
+                            Takeover::Gone => {
                                 leader_left = true;
                                 break;
                             }
@@ -1054,6 +1111,15 @@ fn start_renewal(client: &zk::Client, node: &OwnNode, record: &[u8], create: boo
             Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
         }
     })
+}
+
+/// The event of a watch that has fired already, without waiting.
+fn ready_now(watch: &mut WatchFuture) -> Option<zk::WatchedEvent> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match watch.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(event) => Some(event),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// Watches our own node for deletion; `None` if it is already gone.
