@@ -295,6 +295,10 @@ fn failovers(bench: &mut Bench, kind: Kind, rounds: usize) -> (Vec<Value>, usize
             .next_back()
             .expect("the leader said its session");
         let server = bench.ensemble.wait_server_of_session(session, WAIT);
+        // Killing the ensemble's own leader also stops the whole ensemble
+        // until the other servers elect a new one: a longer pause for every
+        // client, whatever its recipe.
+        let ensemble_leader = bench.ensemble.leader() == Some(server);
         let t_kill = monotonic_ns();
         bench.ensemble.kill(server);
         std::thread::sleep(bench.session_timeout * 2);
@@ -322,11 +326,15 @@ fn failovers(bench: &mut Bench, kind: Kind, rounds: usize) -> (Vec<Value>, usize
             overlaps += 1;
         }
         eprintln!(
-            "  {} failover {}/{rounds}: job paused {paused_ms:.1} ms, changed hands: {changed_hands}",
+            "  {} failover {}/{rounds}: job paused {paused_ms:.1} ms, changed hands: {changed_hands}, killed the ensemble leader: {ensemble_leader}",
             kind.name(),
             round + 1
         );
-        results.push(json!({ "paused_ms": paused_ms, "changed_hands": changed_hands }));
+        results.push(json!({
+            "paused_ms": paused_ms,
+            "changed_hands": changed_hands,
+            "ensemble_leader": ensemble_leader,
+        }));
         bench.ensemble.restart(server);
         bench.ensemble.wait_serving(WAIT);
     }
@@ -339,6 +347,7 @@ fn failovers(bench: &mut Bench, kind: Kind, rounds: usize) -> (Vec<Value>, usize
 fn scale(bench: &mut Bench, kind: Kind, n: usize, rounds: usize) -> Value {
     let mut handover = Vec::new();
     let mut packets = Vec::new();
+    let mut sent = Vec::new();
     let mut steady = Vec::new();
     let mut watches = 0;
     for round in 0..rounds {
@@ -365,24 +374,30 @@ fn scale(bench: &mut Bench, kind: Kind, n: usize, rounds: usize) -> Value {
         watches = bench.ensemble.watch_count();
         // Requests the ensemble receives in a quiet second (mostly pings,
         // and the polling recipe's polls), then in the second of a handover.
-        let p0 = bench.mntr("zk_packets_received");
+        // Packets sent are the replies plus the watch notifications.
+        let (p0, s0) = (bench.mntr("zk_packets_received"), bench.mntr("zk_packets_sent"));
         let quiet = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
-        let p1 = bench.mntr("zk_packets_received");
-        let rate = (p1 - p0) as f64 / quiet.elapsed().as_secs_f64();
+        let (p1, s1) = (bench.mntr("zk_packets_received"), bench.mntr("zk_packets_sent"));
+        let quiet = quiet.elapsed().as_secs_f64();
+        let rate = (p1 - p0) as f64 / quiet;
+        let sent_rate = (s1 - s0) as f64 / quiet;
         let t0 = monotonic_ns();
         let window = Instant::now();
         leader.signal(libc::SIGTERM);
         let refs: Vec<&Process> = others.iter().collect();
         let (_, t1) = wait_elected(&refs, Some(&leader.id), t0);
         std::thread::sleep(Duration::from_secs(1).saturating_sub(window.elapsed()));
-        let p2 = bench.mntr("zk_packets_received");
-        let extra = (p2 - p1) as f64 - rate * window.elapsed().as_secs_f64();
+        let (p2, s2) = (bench.mntr("zk_packets_received"), bench.mntr("zk_packets_sent"));
+        let elapsed = window.elapsed().as_secs_f64();
+        let extra = (p2 - p1) as f64 - rate * elapsed;
+        let extra_sent = (s2 - s1) as f64 - sent_rate * elapsed;
         handover.push(ms(t1 - t0));
         packets.push(extra.round());
+        sent.push(extra_sent.round());
         steady.push(rate.round());
         eprintln!(
-            "  {} scale {}/{rounds}: {n} participants, handover {:.1} ms, {extra:.0} extra packets, {rate:.0} packets/s steady",
+            "  {} scale {}/{rounds}: {n} participants, handover {:.1} ms, {extra:.0} extra packets in, {extra_sent:.0} out, {rate:.0} packets/s steady",
             kind.name(),
             round + 1,
             ms(t1 - t0)
@@ -394,32 +409,41 @@ fn scale(bench: &mut Bench, kind: Kind, n: usize, rounds: usize) -> Value {
         "participants": n,
         "handover_ms": handover,
         "packets_per_handover": packets,
+        "sent_per_handover": sent,
         "steady_packets_per_s": steady,
         "watches": watches,
     })
 }
 
 /// The minimum a watch-based handover needs: one participant deletes its
-/// node (a quorum write), the next one's watch fires, it reads the children.
-async fn floor(connect: &str, rounds: usize) -> Vec<f64> {
+/// node (a quorum write) and the next one's watch fires; recipes that read
+/// the children after the notification (Curator, kazoo) add that read.
+/// Returns (write → watch, write → watch → read) samples.
+async fn floor(connect: &str, rounds: usize) -> (Vec<f64>, Vec<f64>) {
     let leaving = zk::Client::connect(connect).await.unwrap();
     let waiting = zk::Client::connect(connect).await.unwrap();
     let _ =
         leaving.mkdir("/bench/floor", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await;
     let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-    let mut samples = Vec::new();
+    let (mut watched, mut read) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let (_, seq) = leaving.create("/bench/floor/n-", b"", &ephemeral).await.unwrap();
         let path = format!("/bench/floor/n-{seq}");
         let (_, watch) = waiting.check_and_watch_stat(&path).await.unwrap();
         tokio::time::sleep(SETTLE).await;
         let t0 = monotonic_ns();
-        leaving.delete(&path, None).await.unwrap();
-        watch.changed().await;
+        // The successor does not wait for the leaver's reply, only its watch.
+        let delete = leaving.delete(&path, None);
+        let (deleted, event) = tokio::join!(delete, watch.changed());
+        deleted.unwrap();
+        assert_eq!(event.event_type, zk::EventType::NodeDeleted);
+        let t1 = monotonic_ns();
         waiting.list_children("/bench/floor").await.unwrap();
-        samples.push(ms(monotonic_ns() - t0));
+        let t2 = monotonic_ns();
+        watched.push(ms(t1 - t0));
+        read.push(ms(t2 - t0));
     }
-    samples
+    (watched, read)
 }
 
 /// zkrun on its own: hook costs in-process, memory and CPU of a real process.
@@ -586,8 +610,12 @@ fn main() {
 
     // Warm the servers' JIT up before measuring anything.
     tokio.block_on(floor(&bench.zk, if smoke { 20 } else { 200 }));
-    let floor_samples = tokio.block_on(floor(&bench.zk, if smoke { 5 } else { 60 }));
-    eprintln!("floor: one quorum write, its watch, one read: median {:.2} ms", median(&floor_samples));
+    let (floor_watch, floor_read) = tokio.block_on(floor(&bench.zk, if smoke { 5 } else { 60 }));
+    eprintln!(
+        "floor: one quorum write and its watch: median {:.2} ms; and one read after it: {:.2} ms",
+        median(&floor_watch),
+        median(&floor_read)
+    );
 
     let mut graceful = BTreeMap::new();
     let mut crash = BTreeMap::new();
@@ -618,7 +646,7 @@ fn main() {
         "ensemble": { "servers": bench.ensemble.size(), "tick_ms": bench.ensemble.options().tick.as_millis() as u64, "force_sync": true },
         "session_timeout_ms": options.session_timeout_ms,
         "tick_ms": TICK_MS,
-        "floor": { "write_then_read_ms": floor_samples },
+        "floor": { "write_then_watch_ms": floor_watch, "write_then_read_ms": floor_read },
         "graceful": graceful,
         "crash": crash,
         "failover": failover,
@@ -628,9 +656,8 @@ fn main() {
         "notes": [
             format!("Every peer runs the same trivial job: a tick every {TICK_MS} ms while it believes it leads; \"the job starts\" is its elected event."),
             "Handover times run from the signal to the successor's elected event, both on CLOCK_MONOTONIC.",
-            "Failover kills (SIGKILL) the ZooKeeper server the leader's session is connected to; the pause is the gap between the last tick before and the first tick after.",
-            "Failover: the pause is the longest gap between two ticks of the job, from the last tick before the server died until two session timeouts later.",
-            "Scale: extra packets are the requests the ensemble received (`mntr` zk_packets_received, all servers) in the second after the SIGTERM, minus those of the quiet second before (mostly pings); a herd effect would add one or more per participant.",
+            "Failover kills (SIGKILL) the ZooKeeper server the leader's session is connected to; the pause is the longest gap between two ticks of the job, from the last tick before the server died until two session timeouts later.",
+            "Scale: extra requests are the packets the ensemble received (`mntr` zk_packets_received, all servers) in the second after the SIGTERM, minus those of the quiet second before (mostly pings); extra replies and notifications are the same for zk_packets_sent. A herd effect would add one or more of each per participant.",
         ],
     });
     if let Some(dir) = options.out.parent() {
