@@ -3,7 +3,7 @@
 # Election and a polling recipe, on one ZooKeeper ensemble; writes
 # BENCHMARKS.md and benches/handover.png (and benches/results.json).
 #
-#   scripts/bench.sh           full run (about 40 minutes on 2 cores)
+#   scripts/bench.sh           full run (about 15 minutes on 2 cores, once built)
 #   scripts/bench.sh --smoke   a few rounds of everything, into target/bench/smoke/
 set -euo pipefail
 cd "$(dirname "$0")/.."
