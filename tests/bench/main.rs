@@ -429,7 +429,11 @@ async fn floor(connect: &str, rounds: usize) -> (Vec<f64>, Vec<f64>) {
     for _ in 0..rounds {
         let (_, seq) = leaving.create("/bench/floor/n-", b"", &ephemeral).await.unwrap();
         let path = format!("/bench/floor/n-{seq}");
-        let (_, watch) = waiting.check_and_watch_stat(&path).await.unwrap();
+        // The waiting client's server may not have applied the create yet:
+        // catch up first, or the watch would fire on the creation.
+        waiting.sync(&path).await.unwrap();
+        let (stat, watch) = waiting.check_and_watch_stat(&path).await.unwrap();
+        assert!(stat.is_some(), "{path} must exist once synced");
         tokio::time::sleep(SETTLE).await;
         let t0 = monotonic_ns();
         // The successor does not wait for the leaver's reply, only its watch.
