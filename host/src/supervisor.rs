@@ -187,7 +187,11 @@ impl Supervisor {
                 }
                 Wake::Tick => self.start_tick(),
                 Wake::ConnectTimeout => {
-                    error!(event = "zk_unreachable", timeout = ?self.settings.connect_timeout, "giving up: no ZooKeeper session within the connect timeout");
+                    error!(
+                        event = "zk_unreachable",
+                        timeout_ms = self.settings.connect_timeout.map(|t| t.as_millis() as u64),
+                        "giving up: no ZooKeeper session within the connect timeout"
+                    );
                     self.election.shutdown().await;
                     return Outcome::Unreachable;
                 }
