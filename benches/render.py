@@ -247,6 +247,7 @@ def failover_section(results):
         "",
     ]
     rows = []
+    per_round = []
     for peer in ordered_peers(failover):
         rounds = [r for r in failover[peer] if isinstance(r, dict)]
         pauses = summary([r.get("paused_ms") for r in rounds])
@@ -255,6 +256,9 @@ def failover_section(results):
         # whole ensemble stops until the others elect a new one.
         known = [r for r in rounds if "ensemble_leader" in r]
         hit_leader = sum(1 for r in known if r["ensemble_leader"])
+        if known:
+            cells = [fmt(r.get("paused_ms")) + ("*" if r["ensemble_leader"] else "") for r in known]
+            per_round.append(f"- {peer}: " + ", ".join(cells))
         rows.append(
             [
                 peer,
@@ -276,26 +280,13 @@ def failover_section(results):
         ],
         rows,
     )
-    per_round = []
-    for peer in ordered_peers(failover):
-        for r in failover[peer]:
-            if isinstance(r, dict) and "ensemble_leader" in r:
-                per_round.append((peer, r))
     if per_round:
         lines += [
             "",
             "Pause per round (ms), with the rounds that also killed the ensemble's "
             "leader marked *:",
             "",
-        ]
-        for peer in ordered_peers(failover):
-            cells = [
-                fmt(r.get("paused_ms")) + ("*" if r["ensemble_leader"] else "")
-                for p, r in per_round
-                if p == peer
-            ]
-            if cells:
-                lines.append(f"- {peer}: " + ", ".join(cells))
+        ] + per_round
     return lines + [""]
 
 
@@ -480,11 +471,12 @@ def scale_verdict(results):
     packets = summary(entry.get("packets_per_handover") or [])
     if not packets or not entry.get("participants"):
         return []
-    others = ", ".join(
-        f"{p} {fmt(summary((scale[p] or {}).get('packets_per_handover') or [])['median'], 0)}"
+    medians = {
+        p: summary((scale[p] or {}).get("packets_per_handover") or [])
         for p in ordered_peers(scale)
-        if p != "zkrun" and summary((scale[p] or {}).get("packets_per_handover") or [])
-    )
+        if p != "zkrun"
+    }
+    others = ", ".join(f"{p} {fmt(m['median'], 0)}" for p, m in medians.items() if m)
     return [
         f"- {entry['participants']} participants: a zkrun handover costs about "
         f"{fmt(packets['median'], 0)} extra requests ({others}). They are its lease "

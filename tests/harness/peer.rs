@@ -79,6 +79,14 @@ impl Peer {
         })
     }
 
+    /// The election node of the latest join.
+    pub fn node(&self) -> Option<String> {
+        self.history.iter().rev().find_map(|(_, e)| match e {
+            LeadershipEvent::Joined { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+    }
+
     /// Every event seen so far.
     pub fn events_seen(&self) -> Vec<LeadershipEvent> {
         self.history.iter().map(|(_, e)| e.clone()).collect()

@@ -309,13 +309,7 @@ async fn the_next_in_line_never_leads_on_a_node_it_lost() {
     peers[0].wait_elected(SOON).await;
     // Let the next in line settle with its warm proof and its own watch.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let node_of = |peer: &Peer| {
-        peer.events_seen().iter().rev().find_map(|e| match e {
-            LeadershipEvent::Joined { node, .. } => Some(node.clone()),
-            _ => None,
-        })
-    };
-    let (leader_node, next_node) = (node_of(&peers[0]).unwrap(), node_of(&peers[1]).unwrap());
+    let (leader_node, next_node) = (peers[0].node().unwrap(), peers[1].node().unwrap());
 
     let client = operator(&ensemble).await;
     client.delete(&format!("{path}/{next_node}"), None).await.unwrap();

@@ -111,6 +111,17 @@ impl LeaderLease {
     }
 }
 
+/// What the next in line knows of the leader's node after waking up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaderLeft {
+    /// Nothing new: look as usual.
+    No,
+    /// It may be gone (its lease node went): a plain read tells.
+    Maybe,
+    /// It is gone: its deletion was notified, or was our own takeover.
+    Certainly,
+}
+
 /// How a takeover attempt ended.
 enum Takeover {
     /// We deleted the silent leader's node.
@@ -530,10 +541,7 @@ impl Machine {
         let timing = session.timing;
         // A proof (send time of a sync answered) while next in line.
         let mut warm: Option<Instant> = None;
-        // The leader's node may have gone (worth a plain read), or is
-        // certainly gone: its deletion was notified, or was our own takeover.
-        let mut leader_left = false;
-        let mut leader_gone = false;
+        let mut leader_left = LeaderLeft::No;
         // While next in line: a watch on our own node. The ensemble notifies
         // changes in the order it applied them, on one connection, so if the
         // leader's node is gone and this has not fired, our node outlived it.
@@ -547,11 +555,11 @@ impl Machine {
                 return Ok(Rejoin::After(rejoin_after));
             }
             // Act on the warm proof only while it leaves most of a lease.
-            let fast = warm
-                .filter(|proof| leader_left && timing.lease_end(*proof) > Instant::now() + timing.refresh);
-            let gone = std::mem::take(&mut leader_gone);
-            leader_left = false;
-            if let (Some(proof), true, Some(watch)) = (fast, gone, own_watch.as_mut()) {
+            let left = std::mem::replace(&mut leader_left, LeaderLeft::No);
+            let fast = warm.filter(|proof| {
+                left != LeaderLeft::No && timing.lease_end(*proof) > Instant::now() + timing.refresh
+            });
+            if let (Some(proof), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
                 match ready_now(watch) {
                     None => {
                         // Our last look showed only the leader ahead; nodes
@@ -563,8 +571,7 @@ impl Machine {
                         return self.lead(session, node, proof).await;
                     }
                     Some(event) if event.event_type == zk::EventType::NodeDeleted => {
-                        info!(node = %node.name, "our election node is gone; rejoining");
-                        return Ok(Rejoin::Now);
+                        return Ok(own_node_gone(node));
                     }
                     // A session event: read instead, and watch again.
                     Some(_) => own_watch = None,
@@ -596,10 +603,7 @@ impl Machine {
             self.shared.counters.reads.fetch_add(1, Ordering::Relaxed);
             match look.own {
                 Some(stat) if stat.ephemeral_owner == session.id => {}
-                _ => {
-                    info!(node = %node.name, "our election node is gone; rejoining");
-                    return Ok(Rejoin::Now);
-                }
+                _ => return Ok(own_node_gone(node)),
             }
             let order = node::in_order(&look.children);
             let Some(position) = order.iter().position(|(_, name)| *name == node.name) else {
@@ -646,10 +650,7 @@ impl Machine {
             if next_in_line && own_watch.is_none() {
                 match watch_own(&session.client, &node.path).await {
                     Ok(Some(watch)) => own_watch = Some(watch),
-                    Ok(None) => {
-                        info!(node = %node.name, "our election node is gone; rejoining");
-                        return Ok(Rejoin::Now);
-                    }
+                    Ok(None) => return Ok(own_node_gone(node)),
                     Err(err) => {
                         self.recover(session, err).await?;
                         continue;
@@ -676,8 +677,7 @@ impl Machine {
                     event = async { own_watch.as_mut().unwrap().await }, if own_watch.is_some() => {
                         own_watch = None;
                         if event.event_type == zk::EventType::NodeDeleted {
-                            info!(node = %node.name, "our election node is gone; rejoining");
-                            return Ok(Rejoin::Now);
+                            return Ok(own_node_gone(node));
                         }
                         break;
                     }
@@ -685,8 +685,9 @@ impl Machine {
                         debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
                         if event.event_type == zk::EventType::NodeDeleted {
                             self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
-                            leader_left = next_in_line;
-                            leader_gone = next_in_line;
+                            if next_in_line {
+                                leader_left = LeaderLeft::Certainly;
+                            }
                         }
                         break;
                     }
@@ -726,13 +727,12 @@ impl Machine {
                         let lease = leader.take().expect("a takeover needs the leader's lease");
                         match self.take_over(session, &parent, &ahead_path, &ahead_lease, &lease).await? {
                             Takeover::Done => {
-                                leader_left = true;
-                                leader_gone = true;
+                                leader_left = LeaderLeft::Certainly;
                                 break;
                             }
                             // Its lease went; its node may not have: look.
                             Takeover::Gone => {
-                                leader_left = true;
+                                leader_left = LeaderLeft::Maybe;
                                 break;
                             }
                             Takeover::Renewed(renewed) => leader = Some(renewed),
@@ -1111,6 +1111,12 @@ fn start_renewal(client: &zk::Client, node: &OwnNode, record: &[u8], create: boo
             Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
         }
     })
+}
+
+/// Our election node vanished under a live session (an operator): join again.
+fn own_node_gone(node: &OwnNode) -> Rejoin {
+    info!(node = %node.name, "our election node is gone; rejoining");
+    Rejoin::Now
 }
 
 /// The event of a watch that has fired already, without waiting.
