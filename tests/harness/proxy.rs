@@ -2,10 +2,12 @@
 //! participant from ZooKeeper while the ensemble itself stays healthy.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Control {
@@ -13,6 +15,9 @@ struct Control {
     partitioned: bool,
     /// Connections opened under an older generation are closed.
     generation: u64,
+    /// How long server→client bytes are held before they are passed on
+    /// (a slow link in one direction; client→server bytes are not delayed).
+    downstream_delay: Duration,
 }
 
 /// One listening port per upstream server, all controlled together.
@@ -31,7 +36,8 @@ impl Proxy {
             .enable_all()
             .build()
             .expect("proxy runtime");
-        let (control, _) = watch::channel(Control { partitioned: false, generation: 0 });
+        let (control, _) =
+            watch::channel(Control { partitioned: false, generation: 0, downstream_delay: Duration::ZERO });
         let mut addrs = Vec::new();
         for &upstream in upstreams {
             // Bound here (not with block_on) so tests on a runtime can start proxies.
@@ -79,6 +85,13 @@ impl Proxy {
     pub fn reset(&self) {
         self.control.send_modify(|c| c.generation += 1);
     }
+
+    /// Delays every server→client byte by `delay` from now on (zero: none),
+    /// keeping order; client→server bytes still pass at once, so the
+    /// client's writes commit while it hears of everything late.
+    pub fn delay_downstream(&self, delay: Duration) {
+        self.control.send_modify(|c| c.downstream_delay = delay);
+    }
 }
 
 impl Drop for Proxy {
@@ -105,11 +118,46 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut control: watch
     let (mut server_read, mut server_write) = server.split();
     let cut = tokio::select! {
         _ = tokio::io::copy(&mut client_read, &mut server_write) => false,
-        _ = tokio::io::copy(&mut server_read, &mut client_write) => false,
+        _ = copy_delayed(&mut server_read, &mut client_write, control.clone()) => false,
         _ = control.wait_for(|c| c.partitioned || c.generation != born) => true,
     };
     if cut {
         // Hold both sockets open and silent until the partition heals.
         let _ = control.wait_for(|c| !c.partitioned).await;
     }
+}
+
+/// Copies `from` to `to`, holding each chunk for the delay in force when it
+/// was read. Bytes read before `from` closed are still delivered.
+async fn copy_delayed(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    control: watch::Receiver<Control>,
+) {
+    let (queue, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let at = Instant::now() + control.borrow().downstream_delay;
+                    if queue.send((at, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let write = async {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The reader ends (dropping `queue`) at EOF or once the writer is gone;
+    // the writer drains what was read before it.
+    tokio::join!(read, write);
 }
