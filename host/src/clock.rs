@@ -9,3 +9,13 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// `instant` as a [`monotonic_ns`] value, for logging when something will
+/// happen (a lease end, a deadline) in a form other processes can compare.
+pub fn instant_ns(instant: std::time::Instant) -> u64 {
+    let (now, now_ns) = (std::time::Instant::now(), monotonic_ns());
+    match instant.checked_duration_since(now) {
+        Some(ahead) => now_ns + ahead.as_nanos() as u64,
+        None => now_ns.saturating_sub(now.duration_since(instant).as_nanos() as u64),
+    }
+}

@@ -23,6 +23,7 @@ use super::timing::{Backoff, Timing};
 use super::{
     Command, DemoteReason, ElectionConfig, ElectionState, Fence, LeadershipEvent, Lease, Shared, Term,
 };
+use crate::clock;
 
 const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
 const EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
@@ -233,6 +234,16 @@ impl Machine {
     fn grant(&self, session: &Session, node: &OwnNode, proof: Instant) {
         let lease = Lease { term: node.term, expires: session.timing.lease_end(proof) };
         *self.shared.lease.lock().unwrap() = Some(lease);
+        // What this host now believes it may do, on the machine-wide clock:
+        // the chaos checker holds a killed or frozen leader to these.
+        debug!(
+            event = "lease",
+            term = node.term.0,
+            lease_end_ns = clock::instant_ns(lease.expires),
+            deadline_ns = clock::instant_ns(session.timing.demote_at(proof)),
+            mono_ns = clock::monotonic_ns(),
+            "lease granted"
+        );
         let mut fence = self.shared.fence.lock().unwrap();
         if fence.as_ref().map(|f| f.term) != Some(node.term) {
             *fence =
