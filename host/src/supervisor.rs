@@ -14,12 +14,17 @@
 //! and runs under a permit that lapses with that proof. Ticks never overlap.
 //! A plugin failure ends the term on this host: `on-demoted(plugin-failed)`
 //! on a fresh instance, resign, rejoin after a backoff.
+//!
+//! The loop never waits on the guest unboundedly: hooks run in their own
+//! task and are stopped through their interrupter; the only hook it awaits
+//! is `on-demoted`, within one hook timeout; reloads compile on another
+//! thread while the old plugin keeps ticking.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
@@ -27,9 +32,11 @@ use tracing::{error, info, warn};
 use crate::clock::monotonic_ns;
 use crate::election::timing::Backoff;
 use crate::election::{self, Election, LeadershipEvent, Term};
-use crate::plugin::{self, Facts, Hook, HookFailure, Instance, Interrupter, Permit, Plugin, Runtime};
-use crate::state::StateStore;
+use crate::plugin::{
+    self, Facts, Hook, HookFailure, Instance, Interrupter, LoadError, Permit, Plugin, Runtime,
+};
 use crate::state::zookeeper::FencedStore;
+use crate::state::{StateQuota, StateStore};
 
 /// What the process asks of the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +60,8 @@ pub struct JobSettings {
     pub plugin_path: PathBuf,
     /// Give up if no session is established this long after start.
     pub connect_timeout: Option<Duration>,
+    /// Limits on the election's fenced state.
+    pub state_quota: StateQuota,
 }
 
 /// Why the supervisor stopped.
@@ -89,22 +98,19 @@ struct Lead {
 struct Running {
     hook: Hook,
     started: Instant,
-    interrupter: Arc<Mutex<Option<Interrupter>>>,
+    /// Stops the hook (or the instantiation before it) wherever the guest is.
+    interrupter: Interrupter,
     task: JoinHandle<(Option<Instance>, Result<(), HookFailure>)>,
 }
 
-impl Running {
-    fn interrupt(&self) {
-        if let Some(interrupter) = &*self.interrupter.lock().unwrap() {
-            interrupter.interrupt();
-        }
-    }
-}
+/// What a reload compiled in the background, when it is done.
+type Loading = oneshot::Receiver<Result<Plugin, LoadError>>;
 
 enum Wake {
     Signal(Option<Signal>),
     Event(Option<LeadershipEvent>),
     HookDone(Hook, Instant, Option<Instance>, Result<(), HookFailure>),
+    Loaded(Result<Plugin, LoadError>),
     Tick,
     ConnectTimeout,
 }
@@ -118,7 +124,12 @@ pub struct Supervisor {
     settings: JobSettings,
     job: Job,
     running: Option<Running>,
-    reload_pending: bool,
+    /// A reload compiling in the background.
+    loading: Option<Loading>,
+    /// Another SIGHUP came while compiling: load again when done.
+    reload_again: bool,
+    /// A compiled plugin waiting for the running hook to finish.
+    reload_pending: Option<Plugin>,
     joined: bool,
     failures: Backoff,
     started: Instant,
@@ -141,7 +152,9 @@ impl Supervisor {
             settings,
             job: Job::Idle,
             running: None,
-            reload_pending: false,
+            loading: None,
+            reload_again: false,
+            reload_pending: None,
             joined: false,
             failures: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             started: Instant::now(),
@@ -166,6 +179,7 @@ impl Supervisor {
                 signal = signals.recv() => Wake::Signal(signal),
                 event = self.events.recv() => Wake::Event(event),
                 (hook, started, instance, result) = finished(&mut self.running) => Wake::HookDone(hook, started, instance, result),
+                loaded = compiled(&mut self.loading) => Wake::Loaded(loaded),
                 _ = sleep_until(tick_at.unwrap_or_else(Instant::now).into()), if tick_at.is_some() => Wake::Tick,
                 _ = sleep_until(connect_by.unwrap_or_else(Instant::now).into()), if connect_by.is_some() => Wake::ConnectTimeout,
             };
@@ -174,7 +188,14 @@ impl Supervisor {
                     self.shutdown().await;
                     return Outcome::ShutDown;
                 }
-                Wake::Signal(Some(Signal::Reload)) => self.reload().await,
+                Wake::Signal(Some(Signal::Reload)) => self.start_reload(),
+                Wake::Loaded(loaded) => {
+                    self.loading = None;
+                    self.on_loaded(loaded).await;
+                    if std::mem::take(&mut self.reload_again) {
+                        self.start_reload();
+                    }
+                }
                 Wake::Event(Some(event)) => self.on_event(event).await,
                 Wake::Event(None) => {
                     error!(event = "election_stopped", "the election task ended unexpectedly");
@@ -184,6 +205,13 @@ impl Supervisor {
                 Wake::HookDone(hook, started, instance, result) => {
                     self.running = None;
                     self.on_hook_done(hook, started, instance, result).await;
+                    // A reload that waited for this hook goes in now,
+                    // whatever the hook's outcome (it may be the fix).
+                    if self.running.is_none()
+                        && let Some(plugin) = self.reload_pending.take()
+                    {
+                        self.swap_plugin(plugin).await;
+                    }
                 }
                 Wake::Tick => self.start_tick(),
                 Wake::ConnectTimeout => {
@@ -225,9 +253,10 @@ impl Supervisor {
                 if let Job::Leading(lead) = &mut self.job {
                     lead.suspended = true;
                 }
-                // The permit already refuses; this makes the stop immediate.
+                // The permit already refuses; this makes the stop immediate,
+                // even for a guest waiting inside a host call.
                 if let Some(running) = &self.running {
-                    running.interrupt();
+                    running.interrupter.interrupt();
                 }
             }
             LeadershipEvent::Resumed { term } => {
@@ -283,14 +312,16 @@ impl Supervisor {
         let runtime = self.runtime.clone();
         let plugin = self.plugin.clone();
         let permit = permit(self.election.clone(), term);
-        let interrupter = Arc::new(Mutex::new(None));
-        let slot = interrupter.clone();
+        // Made before the instance, so that a suspension during its start
+        // code stops that too.
+        let interrupter = Interrupter::new();
+        let handle = interrupter.clone();
         let task = tokio::spawn(async move {
-            let mut instance = match runtime.instantiate(&plugin, Some(term.0), state).await {
+            let created = runtime.instantiate_for(&plugin, Some(term.0), state, Some(permit.clone()), handle);
+            let mut instance = match created.await {
                 Ok(instance) => instance,
                 Err(failure) => return (None, Err(failure)),
             };
-            *slot.lock().unwrap() = Some(instance.interrupter());
             let result = instance.on_elected(&facts, permit).await;
             (Some(instance), result)
         });
@@ -300,7 +331,7 @@ impl Supervisor {
     /// The fenced state of `term`, while the election holds its fence.
     fn term_state(&self, term: Term) -> Option<Arc<dyn StateStore>> {
         let fence = self.election.fence().filter(|fence| fence.term == term)?;
-        Some(Arc::new(FencedStore::new(fence, &self.settings.election)))
+        Some(Arc::new(FencedStore::with_quota(fence, &self.settings.election, self.settings.state_quota)))
     }
 
     /// A hook was cut off while leadership was in doubt, so the term's
@@ -333,7 +364,7 @@ impl Supervisor {
         let Some(mut instance) = lead.instance.take() else { return };
         let facts = lead.facts.clone();
         let permit = permit(election, lead.term);
-        let interrupter = Arc::new(Mutex::new(Some(instance.interrupter())));
+        let interrupter = instance.interrupter();
         let task = tokio::spawn(async move {
             let result = instance.tick(&facts, permit).await;
             (Some(instance), result)
@@ -378,9 +409,6 @@ impl Supervisor {
                     return;
                 }
                 lead.instance = Some(instance);
-                if self.reload_pending {
-                    self.reload().await;
-                }
             }
             Err(failure) if failure.is_plugin_fault() => {
                 let (term, state) = (lead.term, lead.state.clone());
@@ -411,16 +439,25 @@ impl Supervisor {
         };
         let mut instance = lead.instance;
         if let Some(running) = self.running.take() {
-            running.interrupt();
-            if let Ok((returned, _)) = running.task.await {
-                instance = returned;
+            running.interrupter.interrupt();
+            // An interrupted hook ends within a watchdog tick wherever the
+            // guest is; the bound is for a host bug, not for the guest.
+            let mut task = running.task;
+            match tokio::time::timeout(self.runtime.config().hook_timeout, &mut task).await {
+                Ok(Ok((returned, _))) => instance = returned,
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    task.abort();
+                    warn!(event = "hook_abandoned", id = self.settings.participant, term = lead.term.0, hook = %running.hook, "an interrupted hook did not stop; its task was aborted");
+                }
             }
         }
         self.deliver_demoted(instance, lead.term, lead.state, reason).await;
     }
 
     /// Calls `on-demoted` on `instance` if it is healthy, else on a fresh one
-    /// (with the term's state: readable, but no longer writable).
+    /// (with the term's state: readable, but no longer writable). Creating
+    /// the instance and the hook together take at most one hook timeout.
     async fn deliver_demoted(
         &self,
         instance: Option<Instance>,
@@ -428,19 +465,20 @@ impl Supervisor {
         state: Option<Arc<dyn StateStore>>,
         reason: plugin::DemoteReason,
     ) {
-        let mut instance = match instance.filter(Instance::is_healthy) {
-            Some(instance) => instance,
-            None => match self.runtime.instantiate(&self.plugin, Some(term.0), state).await {
-                Ok(instance) => instance,
-                Err(failure) => {
-                    warn!(event = "plugin_failed", id = self.settings.participant, term = term.0, hook = "on-demoted", kind = failure.kind(), error = %failure, "could not deliver on-demoted");
-                    return;
-                }
-            },
+        let limit = self.runtime.config().hook_timeout;
+        let delivery = async {
+            let mut instance = match instance.filter(Instance::is_healthy) {
+                Some(instance) => instance,
+                None => self.runtime.instantiate(&self.plugin, Some(term.0), state).await?,
+            };
+            instance.on_demoted(reason).await
         };
-        if let Err(failure) = instance.on_demoted(reason).await {
-            warn!(event = "plugin_failed", id = self.settings.participant, term = term.0, hook = "on-demoted", kind = failure.kind(), error = %failure, "on-demoted failed");
-        }
+        let failure = match tokio::time::timeout(limit, delivery).await {
+            Ok(Ok(())) => return,
+            Ok(Err(failure)) => failure,
+            Err(_) => HookFailure::TimedOut { hook: Hook::OnDemoted, stop: plugin::Stop::TimedOut(limit) },
+        };
+        warn!(event = "plugin_failed", id = self.settings.participant, term = term.0, hook = "on-demoted", kind = failure.kind(), error = %failure, "on-demoted failed");
     }
 
     /// A broken job must not pin the lead to this host.
@@ -461,28 +499,49 @@ impl Supervisor {
         self.election.resign(rejoin_after).await;
     }
 
-    /// SIGHUP: swap in the plugin from disk, keeping leadership.
-    async fn reload(&mut self) {
-        if self.running.is_some() {
-            // Let the running hook finish first; then reload.
-            self.reload_pending = true;
+    /// SIGHUP: compile the plugin from disk on another thread; the running
+    /// job keeps ticking meanwhile, and signals are served at once.
+    fn start_reload(&mut self) {
+        if self.loading.is_some() {
+            self.reload_again = true;
             return;
         }
-        self.reload_pending = false;
         let path = self.settings.plugin_path.clone();
         let runtime = self.runtime.clone();
-        let loaded = tokio::task::spawn_blocking(move || runtime.load(&path)).await;
+        let (done, loading) = oneshot::channel();
+        info!(event = "reloading", id = self.settings.participant, path = %path.display(), "compiling the plugin from disk; the running one carries on");
+        // A plain thread, not the blocking pool: shutdown must not wait for
+        // a compile (the compiler child dies with this process).
+        let spawned = std::thread::Builder::new().name("zkrun-compile".into()).spawn(move || {
+            let _ = done.send(runtime.load(&path));
+        });
+        match spawned {
+            Ok(_) => self.loading = Some(loading),
+            Err(e) => {
+                error!(event = "reload_rejected", id = self.settings.participant, error = %e, "reload rejected: cannot start the compile thread; the old plugin keeps running")
+            }
+        }
+    }
+
+    /// A reload finished compiling: swap it in, or reject it.
+    async fn on_loaded(&mut self, loaded: Result<Plugin, LoadError>) {
         let plugin = match loaded {
-            Ok(Ok(plugin)) => plugin,
-            Ok(Err(error)) => {
+            Ok(plugin) => plugin,
+            Err(error) => {
                 error!(event = "reload_rejected", id = self.settings.participant, error = %error, "reload rejected; the old plugin keeps running");
                 return;
             }
-            Err(join) => {
-                error!(event = "reload_rejected", id = self.settings.participant, error = %join, "reload rejected; the old plugin keeps running");
-                return;
-            }
         };
+        if self.running.is_some() {
+            // Let the running hook finish first; then swap.
+            self.reload_pending = Some(plugin);
+            return;
+        }
+        self.swap_plugin(plugin).await;
+    }
+
+    /// Swaps in a compiled plugin, keeping leadership.
+    async fn swap_plugin(&mut self, plugin: Plugin) {
         // The old version hears on-demoted(reloading) before the swap.
         let term = match std::mem::replace(&mut self.job, Job::Idle) {
             Job::Leading(lead) => {
@@ -500,6 +559,7 @@ impl Supervisor {
             plugin = self.plugin.name(),
             previous = old.name(),
             path = %self.plugin.path().display(),
+            compile_ms = self.plugin.compile_time().as_millis() as u64,
             mono_ns = monotonic_ns(),
             "plugin reloaded"
         );
@@ -561,6 +621,19 @@ async fn finished(
                 ),
             }
         }
+    }
+}
+
+/// Resolves when the background compile is done; never if none runs.
+async fn compiled(loading: &mut Option<Loading>) -> Result<Plugin, LoadError> {
+    match loading {
+        None => std::future::pending().await,
+        Some(receiver) => match receiver.await {
+            Ok(result) => result,
+            Err(_) => {
+                Err(LoadError::Compiler(PathBuf::new(), "the compile thread ended without an answer".into()))
+            }
+        },
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use crate::election::{Election, ElectionConfig, Participant};
-use crate::plugin::{Runtime, RuntimeConfig};
+use crate::plugin::{CompileLimits, Compiler, Runtime, RuntimeConfig};
 use crate::supervisor::{JobSettings, Outcome, Signal, Supervisor};
 use crate::zkpath::{self, ConnectString};
 use crate::{logging, status};
@@ -65,6 +65,19 @@ enum Command {
     Status(StatusArgs),
     /// Validate a plugin against the zkrun:plugin/job world.
     Check(CheckArgs),
+    /// Compile a component for this zkrun's engine (used by zkrun itself to
+    /// compile in a child process it can stop).
+    Compile(CompileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompileArgs {
+    /// The component, or - for standard input
+    #[arg(value_name = "PATH")]
+    input: PathBuf,
+    /// Where to write the compiled code, or - for standard output
+    #[arg(short, long, value_name = "PATH")]
+    output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +101,18 @@ struct CheckArgs {
     /// The plugin file
     #[arg(value_name = "PATH")]
     plugin: PathBuf,
+    /// Deadline of the component's start code [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration)]
+    hook_timeout: Option<Duration>,
+    /// Cap on the plugin's linear memory and tables [default: 64MiB]
+    #[arg(long, value_name = "SIZE", value_parser = settings::parse_size)]
+    memory_limit: Option<usize>,
+    /// Largest component file accepted [default: 64MiB]
+    #[arg(long, value_name = "SIZE", value_parser = settings::parse_size)]
+    max_component_size: Option<usize>,
+    /// Longest the component may take to compile [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration)]
+    compile_timeout: Option<Duration>,
 }
 
 /// Parses the command line and runs the command; returns the exit code.
@@ -98,6 +123,7 @@ pub fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Status(args)) => status_command(args),
         Some(Command::Check(args)) => check(args),
+        Some(Command::Compile(args)) => compile(args),
     };
     ExitCode::from(code)
 }
@@ -129,6 +155,12 @@ async fn serve(settings: RunSettings) -> u8 {
         grants: settings.grants.clone(),
         config: settings.plugin_config.clone(),
         participant: settings.id.clone(),
+        compile: CompileLimits {
+            max_size: settings.max_component_size as u64,
+            timeout: settings.compile_timeout,
+            compiler: child_compiler(),
+        },
+        ..RuntimeConfig::default()
     }) {
         Ok(runtime) => Arc::new(runtime),
         Err(e) => {
@@ -188,6 +220,7 @@ async fn serve(settings: RunSettings) -> u8 {
             election: settings.election.clone(),
             plugin_path: settings.plugin.clone(),
             connect_timeout: settings.connect_timeout,
+            state_quota: settings.state_quota,
         },
     );
     match supervisor.run(signals).await {
@@ -261,15 +294,33 @@ fn status_command(args: StatusArgs) -> u8 {
     }
 }
 
+/// Compiles in a child process running this very binary (even if the file
+/// was replaced since: /proc/self/exe is the running image), so that a
+/// compile can be stopped at its time limit.
+fn child_compiler() -> Compiler {
+    Compiler::Subprocess(PathBuf::from("/proc/self/exe"))
+}
+
 fn check(args: CheckArgs) -> u8 {
-    let runtime =
-        match Runtime::new(RuntimeConfig { participant: "check".into(), ..RuntimeConfig::default() }) {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                eprintln!("zkrun: cannot start the WebAssembly runtime: {e}");
-                return exit::FAILURE;
-            }
-        };
+    let defaults = RuntimeConfig::default();
+    let config = RuntimeConfig {
+        participant: "check".into(),
+        hook_timeout: args.hook_timeout.unwrap_or(defaults.hook_timeout),
+        memory_limit: args.memory_limit.unwrap_or(defaults.memory_limit),
+        compile: CompileLimits {
+            max_size: args.max_component_size.map_or(defaults.compile.max_size, |n| n as u64),
+            timeout: args.compile_timeout.unwrap_or(defaults.compile.timeout),
+            compiler: child_compiler(),
+        },
+        ..defaults
+    };
+    let runtime = match Runtime::new(config) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("zkrun: cannot start the WebAssembly runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
     let plugin = match runtime.load(&args.plugin) {
         Ok(plugin) => plugin,
         Err(e) => {
@@ -277,7 +328,8 @@ fn check(args: CheckArgs) -> u8 {
             return exit::PLUGIN;
         }
     };
-    // Instantiating runs the component's start code, as every term will.
+    // Instantiating runs the component's start code, as every term will,
+    // under the same deadline and memory cap.
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     if let Err(e) = tokio.block_on(runtime.instantiate(&plugin, None, None)) {
         eprintln!("zkrun: {} cannot be instantiated: {e}", args.plugin.display());
@@ -298,4 +350,39 @@ fn check(args: CheckArgs) -> u8 {
         println!("  {import}");
     }
     exit::OK
+}
+
+/// `zkrun compile`: what a [`Compiler::Subprocess`] child runs.
+fn compile(args: CompileArgs) -> u8 {
+    use std::io::{Read, Write};
+    let dash = |p: &PathBuf| p.as_os_str() == "-";
+    let mut wasm = Vec::new();
+    let read = if dash(&args.input) {
+        std::io::stdin().lock().read_to_end(&mut wasm).map(|_| ())
+    } else {
+        std::fs::read(&args.input).map(|bytes| wasm = bytes)
+    };
+    if let Err(e) = read {
+        eprintln!("zkrun: cannot read {}: {e}", args.input.display());
+        return exit::PLUGIN;
+    }
+    let compiled = match crate::plugin::compile_to_bytes(&wasm) {
+        Ok(compiled) => compiled,
+        Err(e) => {
+            eprintln!("zkrun: {}", format!("{e:#}").lines().next().unwrap_or_default());
+            return exit::PLUGIN;
+        }
+    };
+    let written = if dash(&args.output) {
+        std::io::stdout().lock().write_all(&compiled)
+    } else {
+        std::fs::write(&args.output, &compiled)
+    };
+    match written {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("zkrun: cannot write {}: {e}", args.output.display());
+            exit::FAILURE
+        }
+    }
 }

@@ -9,7 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::logging::LogFormat;
-use crate::plugin::{DEFAULT_HOOK_TIMEOUT, DEFAULT_MEMORY_LIMIT, DirGrant, Grants};
+use crate::plugin::{
+    DEFAULT_COMPILE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE, DEFAULT_MEMORY_LIMIT,
+    DirGrant, Grants,
+};
+use crate::state::StateQuota;
 use crate::zkpath::{self, ConnectString};
 
 /// The default election path.
@@ -38,8 +42,14 @@ pub struct RunSettings {
     pub session_timeout: Duration,
     /// Deadline of each hook.
     pub hook_timeout: Duration,
-    /// Cap on plugin linear memory, in bytes.
+    /// Cap on plugin linear memory and tables, in bytes.
     pub memory_limit: usize,
+    /// Largest component file accepted, in bytes.
+    pub max_component_size: usize,
+    /// Longest a component may take to compile.
+    pub compile_timeout: Duration,
+    /// Limits on the election's fenced state.
+    pub state_quota: StateQuota,
     /// The plugin's configuration.
     pub plugin_config: BTreeMap<String, String>,
     /// What the plugin may reach.
@@ -76,9 +86,24 @@ pub struct RunArgs {
     /// Deadline of every hook call [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub hook_timeout: Option<Duration>,
-    /// Cap on the plugin's linear memory, e.g. 64MiB [default: 64MiB]
+    /// Cap on the plugin's linear memory and tables, e.g. 64MiB [default: 64MiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<usize>,
+    /// Largest component file accepted, e.g. 64MiB [default: 64MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_component_size: Option<usize>,
+    /// Longest a component may take to compile (at start and on SIGHUP) [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub compile_timeout: Option<Duration>,
+    /// Most keys the election's fenced state may hold [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub state_max_keys: Option<usize>,
+    /// Most bytes the election's fenced state may hold, e.g. 8MiB [default: 8MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub state_max_bytes: Option<usize>,
+    /// Most fenced-state writes per second [default: 100]
+    #[arg(long, value_name = "N")]
+    pub state_max_writes: Option<u32>,
     /// Plugin configuration entry (repeatable)
     #[arg(long = "plugin-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub plugin_config: Vec<(String, String)>,
@@ -116,6 +141,16 @@ struct FileConfig {
     log_level: Option<String>,
     #[serde(default)]
     plugin: PluginSection,
+    #[serde(default)]
+    state: StateSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct StateSection {
+    max_keys: Option<usize>,
+    max_bytes: Option<String>,
+    max_writes_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +159,8 @@ struct PluginSection {
     path: Option<PathBuf>,
     hook_timeout: Option<String>,
     memory_limit: Option<String>,
+    max_component_size: Option<String>,
+    compile_timeout: Option<String>,
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
@@ -207,13 +244,43 @@ impl RunArgs {
             }
             (None, None) => None,
         };
-        let memory_limit = match (self.memory_limit, file.plugin.memory_limit) {
-            (Some(n), _) => n,
-            (None, Some(t)) => {
-                parse_size(&t).map_err(|e| format!("{}: {e}", in_file("[plugin] memory-limit")))?
-            }
-            (None, None) => DEFAULT_MEMORY_LIMIT,
+        let size = |flag: Option<usize>, text: Option<String>, what: &str, default: usize| match (flag, text)
+        {
+            (Some(n), _) => Ok(n),
+            (None, Some(t)) => parse_size(&t).map_err(|e| format!("{}: {e}", in_file(what))),
+            (None, None) => Ok(default),
         };
+        let memory_limit =
+            size(self.memory_limit, file.plugin.memory_limit, "[plugin] memory-limit", DEFAULT_MEMORY_LIMIT)?;
+        let max_component_size = size(
+            self.max_component_size,
+            file.plugin.max_component_size,
+            "[plugin] max-component-size",
+            DEFAULT_MAX_COMPONENT_SIZE as usize,
+        )?;
+        let compile_timeout = duration(
+            self.compile_timeout,
+            file.plugin.compile_timeout,
+            "[plugin] compile-timeout",
+            DEFAULT_COMPILE_TIMEOUT,
+        )?;
+        let defaults = StateQuota::default();
+        let state_quota = StateQuota {
+            max_keys: self.state_max_keys.or(file.state.max_keys).unwrap_or(defaults.max_keys),
+            max_bytes: size(
+                self.state_max_bytes,
+                file.state.max_bytes,
+                "[state] max-bytes",
+                defaults.max_bytes,
+            )?,
+            max_writes_per_second: self
+                .state_max_writes
+                .or(file.state.max_writes_per_second)
+                .unwrap_or(defaults.max_writes_per_second),
+        };
+        if state_quota.max_writes_per_second == 0 {
+            return Err("the state write rate must be at least 1 per second".into());
+        }
 
         let mut plugin_config = file.plugin.config;
         plugin_config.extend(self.plugin_config);
@@ -259,6 +326,9 @@ impl RunArgs {
             session_timeout,
             hook_timeout,
             memory_limit,
+            max_component_size,
+            compile_timeout,
+            state_quota,
             plugin_config,
             grants,
             log_format,

@@ -1,10 +1,14 @@
 //! What bounds a running hook: a deadline, a permit, an interrupt flag (all
-//! checked at every epoch tick and every host call), and a memory cap.
+//! checked at every epoch tick and every host call, and watched by
+//! [`Gate::stopped`] while the guest waits inside a host call), and one
+//! budget for everything the guest can make the host allocate.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// How often a running hook is checked against its deadline and permit.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -33,8 +37,11 @@ pub enum Stop {
     PermitLost,
     /// The host interrupted the hook.
     Interrupted,
-    /// Linear memory would have grown past the cap.
+    /// Linear memory or tables would have grown past the cap.
     OutOfMemory { limit: usize, wanted: usize },
+    /// The component would have created more instances, tables or memories
+    /// than the host allows.
+    TooMany { what: &'static str, limit: usize },
 }
 
 impl fmt::Display for Stop {
@@ -48,11 +55,12 @@ impl fmt::Display for Stop {
             Stop::OutOfMemory { limit, wanted } => {
                 write!(
                     f,
-                    "tried to grow linear memory to {} MiB, past the {} MiB cap",
+                    "tried to grow its memory and tables to {} MiB, past the {} MiB cap",
                     wanted >> 20,
                     limit >> 20
                 )
             }
+            Stop::TooMany { what, limit } => write!(f, "tried to create more than {limit} {what}"),
         }
     }
 }
@@ -60,11 +68,16 @@ impl fmt::Display for Stop {
 impl std::error::Error for Stop {}
 
 /// The bounds of the hook running on one instance, shared by the epoch
-/// callback, the host calls and the output streams of that instance.
+/// callback, the host calls, the output streams and the watchdog of that
+/// instance.
 #[derive(Default)]
 pub struct Gate {
-    /// Set by [`Interrupter::interrupt`]: stops the running leader hook.
+    /// Set by [`Interrupter::interrupt`]; consumed by the next leader hook
+    /// that ends or is refused because of it, so an interrupt sent before a
+    /// hook has started is not lost.
     interrupted: AtomicBool,
+    /// Wakes [`Gate::stopped`] at once on an interrupt.
+    wake: Notify,
     bounds: Mutex<Option<Bounds>>,
 }
 
@@ -77,16 +90,19 @@ struct Bounds {
 
 impl Gate {
     /// Opens the gate for one hook: `limit` from now, and the permit if it is
-    /// a leader hook. An interrupt aimed at an earlier hook does not carry
-    /// over: the caller decides to start this one.
+    /// a leader hook.
     pub fn open(&self, limit: Duration, permit: Option<Arc<dyn Permit>>) {
-        self.interrupted.store(false, Ordering::Release);
         *self.bounds.lock().unwrap() = Some(Bounds { started: Instant::now(), limit, permit });
     }
 
     /// Closes the gate after a hook returns: host calls outside hooks fail.
+    /// A leader hook's end consumes the interrupt that was aimed at it.
     pub fn close(&self) {
-        *self.bounds.lock().unwrap() = None;
+        if let Some(bounds) = self.bounds.lock().unwrap().take()
+            && bounds.permit.is_some()
+        {
+            self.interrupted.store(false, Ordering::Release);
+        }
     }
 
     /// Whether the running hook may go on; `Err` says why not.
@@ -133,34 +149,101 @@ impl Gate {
         bounds.map(|b| b.limit.saturating_sub(b.started.elapsed())).unwrap_or_default()
     }
 
+    /// Resolves, with the reason, once the running hook must stop: at its
+    /// deadline, when its permit lapses, or at once on an interrupt. Epoch
+    /// interruption only stops a guest that runs wasm; this stops one that
+    /// waits inside a host call (a sleep, a poll, a slow state write) too,
+    /// when the caller races it against the call.
+    pub async fn stopped(&self) -> Stop {
+        loop {
+            let woken = self.wake.notified();
+            if let Err(stop) = self.check() {
+                return stop;
+            }
+            // The permit has no wake-up of its own (a lease lapses by the
+            // clock), so look again at every watchdog tick.
+            let next = self.remaining().min(WATCHDOG_TICK);
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+    }
+
     fn interrupt(&self) {
         self.interrupted.store(true, Ordering::Release);
+        self.wake.notify_waiters();
     }
 }
+
+/// How often [`Gate::stopped`] looks at a permit while the guest waits in a
+/// host call: a lapsed lease stops such a hook within this.
+pub const WATCHDOG_TICK: Duration = Duration::from_millis(5);
 
 /// A handle that stops an instance's leader hooks at once, from any thread.
 #[derive(Clone)]
 pub struct Interrupter(pub(crate) Arc<Gate>);
 
+impl Default for Interrupter {
+    fn default() -> Self {
+        Interrupter::new()
+    }
+}
+
 impl Interrupter {
-    /// Stops the running leader hook within one epoch tick (and refuses its
-    /// host calls). `on-demoted` is never interrupted this way; a hook that
-    /// has already returned is not affected.
+    /// A handle for an instance not created yet: pass it to
+    /// `Runtime::instantiate_for`, so an interrupt sent at any moment after
+    /// this, even before instantiation, is not lost.
+    pub fn new() -> Interrupter {
+        Interrupter(Arc::new(Gate::default()))
+    }
+
+    /// Stops the running leader hook (or the leader instantiation) within
+    /// one epoch tick, even while it waits inside a host call, and refuses
+    /// its host calls; if none runs, the next leader hook is refused before
+    /// it starts. `on-demoted` is never interrupted this way.
     pub fn interrupt(&self) {
         self.0.interrupt();
     }
 }
 
-/// Caps the total linear memory of one instance.
+/// How many core instances, tables and memories one plugin instance may
+/// create. Generous for real components (a componentize-py one has a few
+/// dozen core instances), tight enough that counts cannot dodge the byte cap.
+pub const MAX_INSTANCES: usize = 200;
+/// See [`MAX_INSTANCES`].
+pub const MAX_TABLES: usize = 200;
+/// See [`MAX_INSTANCES`].
+pub const MAX_MEMORIES: usize = 32;
+
+/// What one table element costs the host (a function reference is a pointer
+/// in wasmtime's table representation).
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// One budget, in bytes, for everything the guest can make the host allocate
+/// in its instance: linear memories and tables, across every core instance.
 pub struct MemoryCap {
     limit: usize,
     used: usize,
 }
 
 impl MemoryCap {
-    /// A cap of `limit` bytes over all memories of the instance.
+    /// A cap of `limit` bytes over all memories and tables of the instance.
     pub fn new(limit: usize) -> MemoryCap {
         MemoryCap { limit, used: 0 }
+    }
+
+    /// Accounts for one memory or table growing from `current` to `desired`
+    /// bytes, or refuses it with a trap we can recognise.
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let wanted = (self.used - current.min(self.used)).saturating_add(desired);
+        if wanted > self.limit {
+            // An error (not `false`) traps at once with a reason we can
+            // recognise, instead of letting the guest's allocator abort.
+            return Err(wasmtime::Error::new(Stop::OutOfMemory { limit: self.limit, wanted }));
+        }
+        self.used = wanted;
+        Ok(true)
     }
 }
 
@@ -171,23 +254,30 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let wanted = self.used - current.min(self.used) + desired;
-        if wanted > self.limit {
-            // An error (not `false`) traps at once with a reason we can
-            // recognise, instead of letting the guest's allocator abort.
-            return Err(wasmtime::Error::new(Stop::OutOfMemory { limit: self.limit, wanted }));
-        }
-        self.used = wanted;
-        Ok(true)
+        self.grow(current, desired)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        // Called for a table's initial size too, so a component cannot
+        // declare its way past the cap.
+        self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -258,6 +348,20 @@ mod tests {
     }
 
     #[test]
+    fn tables_count_against_the_same_cap() {
+        let mut cap = MemoryCap::new(64 << 20);
+        // A 1 M-entry table is 8 MiB of host memory.
+        for _ in 0..7 {
+            assert!(cap.table_growing(0, 1 << 20, None).unwrap());
+        }
+        // What tables hold, memories cannot have: 8 MiB is left, not 9.
+        assert!(cap.memory_growing(0, 9 << 20, None).is_err());
+        assert!(cap.memory_growing(0, 8 << 20, None).unwrap());
+        let err = cap.table_growing(0, 1, None).unwrap_err();
+        assert!(matches!(err.downcast_ref::<Stop>(), Some(Stop::OutOfMemory { .. })));
+    }
+
+    #[test]
     fn gate_refuses_outside_hooks_and_after_interrupt() {
         let gate = Arc::new(Gate::default());
         assert_eq!(gate.check(), Err(Stop::Interrupted));
@@ -266,9 +370,11 @@ mod tests {
         assert_eq!(gate.check(), Ok(()));
         Interrupter(gate.clone()).interrupt();
         assert_eq!(gate.check(), Err(Stop::Interrupted));
-        // The next hook starts afresh.
+        gate.close();
+        // The interrupt ended the hook it was aimed at: the next one starts afresh.
         gate.open(Duration::from_secs(60), Some(permit.clone()));
         assert_eq!(gate.check(), Ok(()));
+        gate.close();
         // on-demoted has no permit: an interrupt does not stop it.
         gate.open(Duration::from_secs(60), None);
         Interrupter(gate.clone()).interrupt();
@@ -276,6 +382,37 @@ mod tests {
         gate.open(Duration::ZERO, None);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(gate.check(), Err(Stop::TimedOut(Duration::ZERO)));
+    }
+
+    #[test]
+    fn an_interrupt_sent_before_the_hook_starts_is_not_lost() {
+        let gate = Arc::new(Gate::default());
+        Interrupter(gate.clone()).interrupt();
+        let permit: Arc<dyn Permit> = Arc::new(|| true);
+        gate.open(Duration::from_secs(60), Some(permit));
+        assert_eq!(gate.check(), Err(Stop::Interrupted));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stopped_wakes_on_interrupt_deadline_and_permit() {
+        let gate = Arc::new(Gate::default());
+        let permit: Arc<dyn Permit> = Arc::new(|| true);
+        gate.open(Duration::from_secs(60), Some(permit));
+        let interrupter = Interrupter(gate.clone());
+        let (stop, ()) = tokio::join!(gate.stopped(), async move { interrupter.interrupt() });
+        assert_eq!(stop, Stop::Interrupted);
+        gate.close();
+
+        let valid = Arc::new(AtomicBool::new(true));
+        let flag = valid.clone();
+        gate.open(Duration::from_secs(60), Some(Arc::new(move || flag.load(Ordering::SeqCst))));
+        let lapse = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            valid.store(false, Ordering::SeqCst);
+        };
+        let (stop, ()) = tokio::join!(gate.stopped(), lapse);
+        assert_eq!(stop, Stop::PermitLost);
+        gate.close();
     }
 
     #[test]

@@ -5,9 +5,14 @@
 //!
 //! - A [`Plugin`] is compiled and checked once ([`Runtime::load`]); every
 //!   term gets a fresh [`Instance`] from it, cheaply.
-//! - Each hook runs under a deadline and (for leader hooks) its permit,
-//!   enforced by epoch interruption, not by trusting the guest; linear memory
-//!   is capped; WASI grants nothing ambient.
+//! - Each hook, and each instantiation, runs under a deadline and (for
+//!   leader work) its permit: epoch interruption stops a guest running wasm,
+//!   and a watchdog raced against the call stops one waiting inside a host
+//!   call. A call cut off either way is abandoned with its instance.
+//! - Memories and tables share one byte budget; plugin output is capped and
+//!   rate limited; WASI grants nothing ambient.
+//! - Compiling happens in a child process ([`Compiler::Subprocess`]) that a
+//!   time limit can kill, so a pathological component cannot stall the host.
 //! - A hook that fails returns a [`HookFailure`] saying how; the host process
 //!   is never at risk.
 
@@ -18,6 +23,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,10 +35,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use bindings::zkrun::plugin::state as wit_state;
 pub use bindings::{DemoteReason, Level};
 use bindings::{Job, JobPre, Leadership};
-pub use limits::{EPOCH_TICK, Interrupter, Permit, Stop};
+pub use limits::{EPOCH_TICK, Interrupter, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Permit, Stop};
 use limits::{EpochTicker, Gate, MemoryCap, TickerGuard};
-pub use sandbox::{DirGrant, Grants, LogContext};
-pub use validate::{Interface, LoadError};
+pub use sandbox::{DirGrant, Grants, LogContext, OutputLimits};
+pub use validate::{
+    CompileLimits, Compiler, DEFAULT_COMPILE_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE, Interface, LoadError,
+};
 
 use crate::state::{StateError, StateStore};
 
@@ -54,6 +62,10 @@ pub struct RuntimeConfig {
     pub config: BTreeMap<String, String>,
     /// This participant's id, for log lines.
     pub participant: String,
+    /// Where and within which limits components are compiled.
+    pub compile: CompileLimits,
+    /// How much output one instance may produce.
+    pub output: OutputLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -64,6 +76,8 @@ impl Default for RuntimeConfig {
             grants: Grants::default(),
             config: BTreeMap::new(),
             participant: String::new(),
+            compile: CompileLimits::default(),
+            output: OutputLimits::default(),
         }
     }
 }
@@ -128,7 +142,8 @@ pub enum HookFailure {
         /// The trap and where it happened.
         message: String,
     },
-    /// The plugin tried to grow its memory past the cap.
+    /// The plugin tried to grow its memory or tables past the cap, or to
+    /// create too many instances, tables or memories.
     #[error("{hook} ran out of memory: {stop}")]
     OutOfMemory {
         /// The hook.
@@ -209,6 +224,8 @@ pub struct StoreState {
     memory: MemoryCap,
     gate: Arc<Gate>,
     log: LogContext,
+    /// Where `log()` goes: capped and rate limited with stdout and stderr.
+    output: sandbox::Output,
     config: Arc<BTreeMap<String, String>>,
     resignation: Option<String>,
     state: Option<Arc<dyn StateStore>>,
@@ -225,7 +242,7 @@ impl bindings::zkrun::plugin::types::Host for StoreState {}
 impl bindings::zkrun::plugin::host::Host for StoreState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         self.gate.check()?;
-        sandbox::emit(&self.log, "log", level, &message);
+        self.output.log(level, &message);
         Ok(())
     }
 
@@ -327,6 +344,9 @@ fn to_wit(error: StateError) -> wit_state::StateError {
         StateError::TooLarge(_) => wit_state::StateError::TooLarge(crate::state::MAX_VALUE as u32),
         StateError::BadKey(reason) => wit_state::StateError::BadKey(reason),
         StateError::Unavailable(reason) => wit_state::StateError::Unavailable(reason),
+        // Plugins built against 0.1.0 and 0.1.1 know no quota case: they get
+        // `unavailable` with a text that starts with "quota exceeded".
+        quota @ StateError::QuotaExceeded(_) => wit_state::StateError::Unavailable(quota.to_string()),
     }
 }
 
@@ -344,9 +364,7 @@ impl Runtime {
     /// Sets up the engine (component model, epoch interruption) and the linker
     /// (WASI 0.2 and the `host` interface).
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true).epoch_interruption(true);
-        let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;
+        let engine = engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         Job::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
@@ -367,11 +385,12 @@ impl Runtime {
         &self.config
     }
 
-    /// Reads, compiles and checks a plugin. CPU-heavy (tens of milliseconds):
-    /// call it from a blocking context.
+    /// Reads, compiles and checks a plugin, within the compile limits.
+    /// Blocks for as long as compiling takes (milliseconds to seconds): call
+    /// it from a blocking context.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let started = Instant::now();
-        let component = validate::compile(&self.engine, path)?;
+        let component = validate::compile(&self.engine, path, &self.config.compile)?;
         let interface = validate::check_interface(&self.engine, path, &component)?;
         let pre = self
             .linker
@@ -394,17 +413,32 @@ impl Runtime {
 
     /// Creates a fresh instance of `plugin` for `term` (`None` for an
     /// instance that serves no term, such as a check), with the term's
-    /// fenced state, if any.
+    /// fenced state, if any. Bounded by the hook timeout.
     pub async fn instantiate(
         &self,
         plugin: &Plugin,
         term: Option<u64>,
         state: Option<Arc<dyn StateStore>>,
     ) -> Result<Instance, HookFailure> {
-        let gate = Arc::new(Gate::default());
+        self.instantiate_for(plugin, term, state, None, Interrupter::new()).await
+    }
+
+    /// Like [`Runtime::instantiate`], for leader work: the component's start
+    /// code runs under `permit` too, and `interrupter` (created before the
+    /// call, so nothing can slip between) stops it and the instance's hooks.
+    pub async fn instantiate_for(
+        &self,
+        plugin: &Plugin,
+        term: Option<u64>,
+        state: Option<Arc<dyn StateStore>>,
+        permit: Option<Arc<dyn Permit>>,
+        interrupter: Interrupter,
+    ) -> Result<Instance, HookFailure> {
+        let gate = interrupter.0;
         let log =
             LogContext { plugin: plugin.inner.name.clone(), participant: self.participant.clone(), term };
-        let wasi = sandbox::wasi_context(&self.config.grants, &gate, &log)
+        let output = sandbox::Output::new(log.clone(), self.config.output);
+        let wasi = sandbox::wasi_context(&self.config.grants, &gate, &output)
             .map_err(|e| HookFailure::Sandbox(validate::first_line(&e)))?;
         let state = StoreState {
             wasi,
@@ -412,6 +446,7 @@ impl Runtime {
             memory: MemoryCap::new(self.config.memory_limit),
             gate: gate.clone(),
             log,
+            output,
             config: self.config_map.clone(),
             resignation: None,
             state,
@@ -425,9 +460,12 @@ impl Runtime {
             Ok(()) => Ok(UpdateDeadline::Yield(1)),
             Err(stop) => Err(wasmtime::Error::new(stop)),
         });
-        gate.open(self.config.hook_timeout, None);
+        gate.open(self.config.hook_timeout, permit);
         let ticking = self.ticker.hold();
-        let job = plugin.inner.pre.instantiate_async(&mut store).await;
+        let job = match gate.check() {
+            Ok(()) => bounded(&gate, plugin.inner.pre.instantiate_async(&mut store)).await,
+            Err(stop) => Err(wasmtime::Error::new(stop)),
+        };
         drop(ticking);
         gate.close();
         match job {
@@ -443,6 +481,35 @@ impl Runtime {
             }),
             Err(error) => Err(classify(Hook::Instantiate, error)),
         }
+    }
+}
+
+/// The engine every plugin runs on. `zkrun compile` builds the same one, so
+/// that what a compiler child serializes, this process can load.
+pub fn engine() -> anyhow::Result<Engine> {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true).epoch_interruption(true);
+    Engine::new(&wasm).map_err(anyhow::Error::from)
+}
+
+/// Compiles `wasm` for [`engine`] and serializes the result: the work of a
+/// [`Compiler::Subprocess`] child (`zkrun compile`).
+pub fn compile_to_bytes(wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let engine = engine()?;
+    let component = wasmtime::component::Component::new(&engine, wasm).map_err(anyhow::Error::from)?;
+    component.serialize().map_err(anyhow::Error::from)
+}
+
+/// Runs `call` (a hook call or an instantiation) until it finishes or the
+/// gate says stop, whichever comes first. The guest may be waiting inside a
+/// host call, where epoch interruption cannot reach it: dropping the call's
+/// future abandons it there, and the caller never uses the store again.
+async fn bounded<T>(gate: &Gate, call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    tokio::select! {
+        // Polled first: a call that finishes at once never starts the watchdog.
+        biased;
+        result = call => result,
+        stop = gate.stopped() => Err(wasmtime::Error::new(stop)),
     }
 }
 
@@ -504,21 +571,21 @@ impl Instance {
     /// Calls `on-elected`, bounded by the deadline and `permit`.
     pub async fn on_elected(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
         self.enter(Hook::OnElected, Some(permit))?;
-        let result = self.job.call_on_elected(&mut self.store, &facts.to_wit()).await;
+        let result = bounded(&self.gate, self.job.call_on_elected(&mut self.store, &facts.to_wit())).await;
         self.leave(Hook::OnElected, result)
     }
 
     /// Calls `tick`, bounded by the deadline and `permit`.
     pub async fn tick(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
         self.enter(Hook::Tick, Some(permit))?;
-        let result = self.job.call_tick(&mut self.store, &facts.to_wit()).await;
+        let result = bounded(&self.gate, self.job.call_tick(&mut self.store, &facts.to_wit())).await;
         self.leave(Hook::Tick, result)
     }
 
     /// Calls `on-demoted`, bounded by the deadline only.
     pub async fn on_demoted(&mut self, reason: DemoteReason) -> Result<(), HookFailure> {
         self.enter(Hook::OnDemoted, None)?;
-        let result = self.job.call_on_demoted(&mut self.store, reason).await.map(Ok);
+        let result = bounded(&self.gate, self.job.call_on_demoted(&mut self.store, reason)).await.map(Ok);
         self.leave(Hook::OnDemoted, result)
     }
 
@@ -546,10 +613,16 @@ impl Instance {
         if !self.healthy {
             return Err(HookFailure::Unusable { hook });
         }
+        self.gate.open(self.timeout, permit);
+        if let Err(stop) = self.gate.check() {
+            // Refused before the guest ran (an interrupt or a lapsed permit
+            // got here first): the instance is still intact.
+            self.gate.close();
+            return Err(from_stop(hook, stop));
+        }
         // Unhealthy until the call completes: a call abandoned half-way
         // (its future dropped) leaves the store unusable.
         self.healthy = false;
-        self.gate.open(self.timeout, permit);
         self.ticking = Some(self.ticker.hold());
         self.store.set_epoch_deadline(1);
         Ok(())
@@ -575,21 +648,56 @@ impl Instance {
 /// Turns a wasmtime error from a hook into the failure it stands for.
 fn classify(hook: Hook, error: wasmtime::Error) -> HookFailure {
     if let Some(stop) = error.downcast_ref::<Stop>() {
-        return match stop {
-            Stop::TimedOut(_) => HookFailure::TimedOut { hook, stop: stop.clone() },
-            Stop::OutOfMemory { .. } => HookFailure::OutOfMemory { hook, stop: stop.clone() },
-            Stop::PermitLost => HookFailure::PermitLost { hook },
-            Stop::Interrupted => HookFailure::Interrupted { hook },
-        };
+        return from_stop(hook, stop.clone());
     }
-    let mut message = match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => trap.to_string(),
-        None => validate::first_line(&error),
-    };
+    let mut message = cause_chain(&error);
     if let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>()
         && let Some(name) = trace.frames().iter().find_map(|f| f.func_name())
     {
         message.push_str(&format!(" (in {name})"));
     }
     HookFailure::Trapped { hook, message }
+}
+
+fn from_stop(hook: Hook, stop: Stop) -> HookFailure {
+    match stop {
+        Stop::TimedOut(_) => HookFailure::TimedOut { hook, stop },
+        Stop::OutOfMemory { .. } | Stop::TooMany { .. } => HookFailure::OutOfMemory { hook, stop },
+        Stop::PermitLost => HookFailure::PermitLost { hook },
+        Stop::Interrupted => HookFailure::Interrupted { hook },
+    }
+}
+
+/// Every cause of `error` on one line, outermost first, leaving out the wasm
+/// backtrace (whose display spans lines and names no cause).
+fn cause_chain(error: &wasmtime::Error) -> String {
+    let causes: Vec<String> = error
+        .chain()
+        .filter_map(|cause| {
+            let text = cause.to_string();
+            let line = text.lines().next().unwrap_or_default().trim().trim_end_matches(':').to_string();
+            (!line.is_empty() && !line.starts_with("error while executing at wasm backtrace")).then_some(line)
+        })
+        .collect();
+    let mut line = causes.join(": ");
+    if line.is_empty() {
+        line = "unknown trap".into();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trap_keeps_every_cause_on_one_line() {
+        let error = wasmtime::Error::msg("permission denied")
+            .context("failed to write to stdout")
+            .context(wasmtime::Trap::UnreachableCodeReached);
+        let line = cause_chain(&error);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("unreachable") && line.contains("failed to write to stdout"), "{line}");
+        assert!(line.ends_with("permission denied"), "{line}");
+    }
 }

@@ -1,7 +1,10 @@
 //! Loading a plugin file and checking it against the `job` world, with one
 //! clear line for every way it can be wrong.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -69,6 +72,69 @@ pub enum LoadError {
     /// Exports the hooks with other types.
     #[error("{0} does not match the zkrun:plugin/job world: {1}")]
     Incompatible(PathBuf, String),
+    /// Larger than the component size limit.
+    #[error(
+        "{path} is {size} bytes, larger than the {limit}-byte component size limit (--max-component-size)"
+    )]
+    TooBig {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Compiling took longer than the compile time limit.
+    #[error("{path} did not compile within the {} compile time limit (--compile-timeout); the compiler was stopped", humantime::format_duration(*limit))]
+    CompileTimeout {
+        /// The plugin file.
+        path: PathBuf,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The compiler child process could not be run.
+    #[error("cannot compile {0}: {1}")]
+    Compiler(PathBuf, String),
+}
+
+/// Default cap on a component's size: room for an 18 MB componentize-py
+/// component and more.
+pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
+/// Default compile time limit: a componentize-py component compiles in
+/// about 5 s on a 2-core machine; leave room for slower edge hosts.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where components are compiled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Compiler {
+    /// In this process: cannot be stopped once started (tests, tools).
+    #[default]
+    InProcess,
+    /// In a child process running this binary as `<exe> compile - -o -`, at a
+    /// lower CPU priority, killed at the compile time limit or when this
+    /// process dies.
+    Subprocess(PathBuf),
+}
+
+/// What a component may cost to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileLimits {
+    /// Largest component file accepted, in bytes.
+    pub max_size: u64,
+    /// Longest a compile may take (enforced with [`Compiler::Subprocess`]).
+    pub timeout: Duration,
+    /// Where to compile.
+    pub compiler: Compiler,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        CompileLimits {
+            max_size: DEFAULT_MAX_COMPONENT_SIZE,
+            timeout: DEFAULT_COMPILE_TIMEOUT,
+            compiler: Compiler::InProcess,
+        }
+    }
 }
 
 /// What a plugin imports and exports, for `zkrun check` and logs.
@@ -80,14 +146,30 @@ pub struct Interface {
     pub exports: Vec<String>,
 }
 
-/// Reads and compiles `path`, checking everything that can be checked
-/// before linking.
-pub fn compile(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+/// Reads and compiles `path` within `limits`, checking everything that can
+/// be checked before linking.
+pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<Component, LoadError> {
+    let size = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::NotFound(path.into())),
         Err(e) => return Err(LoadError::Unreadable(path.into(), e)),
     };
+    if size > limits.max_size {
+        return Err(LoadError::TooBig { path: path.into(), size, limit: limits.max_size });
+    }
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(limits.max_size + 1).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        return Err(LoadError::Unreadable(path.into(), e));
+    }
+    if bytes.len() as u64 > limits.max_size {
+        // It grew after the size check.
+        return Err(LoadError::TooBig {
+            path: path.into(),
+            size: bytes.len() as u64,
+            limit: limits.max_size,
+        });
+    }
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(LoadError::NotWasm(path.into()));
     }
@@ -95,7 +177,81 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
     if bytes[4..8] == [1, 0, 0, 0] {
         return Err(LoadError::CoreModule(path.into()));
     }
-    Component::new(engine, &bytes).map_err(|e| LoadError::Invalid(path.into(), first_line(&e)))
+    match &limits.compiler {
+        Compiler::InProcess => {
+            Component::new(engine, &bytes).map_err(|e| LoadError::Invalid(path.into(), first_line(&e)))
+        }
+        Compiler::Subprocess(exe) => {
+            let compiled = compile_in_child(exe, path, &bytes, limits.timeout)?;
+            // SAFETY: these bytes come from our own binary's `compile`, which
+            // serialized them for an engine configured as ours is
+            // (`plugin::engine`); wasmtime also checks the engine's version
+            // and settings before using them.
+            unsafe { Component::deserialize(engine, &compiled) }
+                .map_err(|e| LoadError::Compiler(path.into(), first_line(&e)))
+        }
+    }
+}
+
+/// Runs `<exe> compile - -o -` on `wasm`; kills it at `timeout`.
+fn compile_in_child(exe: &Path, path: &Path, wasm: &[u8], timeout: Duration) -> Result<Vec<u8>, LoadError> {
+    use std::os::unix::process::CommandExt;
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| LoadError::Compiler(path.into(), format!("{what}: {e}"));
+    let mut command = Command::new(exe);
+    command
+        .args(["compile", "-", "-o", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // Die with us (a SIGTERM must not leave a compiler behind), and
+            // leave the CPU to the running job first.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| fail("cannot start the compiler", &e))?;
+    let started = Instant::now();
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = wasm.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).map(|_| out)
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_string(&mut out);
+        out
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LoadError::CompileTimeout { path: path.into(), limit: timeout });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(fail("cannot wait for the compiler", &e)),
+        }
+    };
+    let _ = writer.join();
+    let output =
+        reader.join().expect("reader thread").map_err(|e| fail("cannot read the compiler's output", &e))?;
+    let message = errors.join().unwrap_or_default();
+    if !status.success() {
+        let line = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message");
+        let line = line.trim().trim_start_matches("zkrun: ");
+        return Err(LoadError::Invalid(path.into(), line.to_string()));
+    }
+    Ok(output)
 }
 
 /// Checks the imports and exports of a compiled component.

@@ -8,6 +8,7 @@ pub mod zookeeper;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 /// Largest value accepted, in bytes: well under ZooKeeper's 1 MiB request
 /// limit (`jute.maxbuffer`), leaving room for the fencing check and path.
@@ -42,6 +43,100 @@ pub enum StateError {
     /// The outcome is unknown, or ZooKeeper could not be asked.
     #[error("state unavailable: {0}")]
     Unavailable(String),
+    /// The write would take the election's state past its quota, or comes
+    /// faster than its write rate: nothing was written.
+    #[error("quota exceeded: {0}; nothing was written")]
+    QuotaExceeded(String),
+}
+
+/// What one election's fenced state may hold and how fast it may change, so
+/// that no job, whatever its plugin does, can push the ensemble over: every
+/// server keeps every byte in memory and every write in its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateQuota {
+    /// Most keys.
+    pub max_keys: usize,
+    /// Most bytes of values, all keys together.
+    pub max_bytes: usize,
+    /// Most writes (put, delete, compare-and-set) per second, sustained;
+    /// bursts of up to one second's worth.
+    pub max_writes_per_second: u32,
+}
+
+impl Default for StateQuota {
+    fn default() -> Self {
+        StateQuota { max_keys: 1000, max_bytes: 8 << 20, max_writes_per_second: 100 }
+    }
+}
+
+/// How much of its quota an election's state uses, kept by the one store
+/// that may write it (the leader's), and its write-rate bucket.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    quota: StateQuota,
+    /// Value sizes by key.
+    sizes: std::collections::HashMap<String, usize>,
+    bytes: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Usage {
+    /// Usage of a state that holds `sizes` (key, value length).
+    pub fn new(quota: StateQuota, sizes: impl IntoIterator<Item = (String, usize)>) -> Usage {
+        let sizes: std::collections::HashMap<String, usize> = sizes.into_iter().collect();
+        let bytes = sizes.values().sum();
+        Usage {
+            quota,
+            sizes,
+            bytes,
+            tokens: f64::from(quota.max_writes_per_second),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Admits a write that leaves `key` with a value of `len` bytes (`None`:
+    /// deleted), before it is sent. A write that grows nothing is refused
+    /// only by the rate, so a state over its quota can always shrink.
+    pub fn admit(&mut self, key: &str, len: Option<usize>, now: Instant) -> Result<(), StateError> {
+        let rate = f64::from(self.quota.max_writes_per_second);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return Err(StateError::QuotaExceeded(format!(
+                "more than {} writes per second",
+                self.quota.max_writes_per_second
+            )));
+        }
+        let old = self.sizes.get(key).copied();
+        if let Some(len) = len {
+            if old.is_none() && self.sizes.len() >= self.quota.max_keys {
+                return Err(StateError::QuotaExceeded(format!(
+                    "the state holds {} keys already",
+                    self.quota.max_keys
+                )));
+            }
+            let bytes = self.bytes - old.unwrap_or(0) + len;
+            if len > old.unwrap_or(0) && bytes > self.quota.max_bytes {
+                return Err(StateError::QuotaExceeded(format!(
+                    "the state would hold {bytes} bytes, over its {}-byte quota",
+                    self.quota.max_bytes
+                )));
+            }
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Records a write that was applied (or may have been: counting it errs
+    /// toward the quota).
+    pub fn applied(&mut self, key: &str, len: Option<usize>) {
+        let old = match len {
+            Some(len) => self.sizes.insert(key.to_string(), len),
+            None => self.sizes.remove(key),
+        };
+        self.bytes = self.bytes - old.unwrap_or(0) + len.unwrap_or(0);
+    }
 }
 
 /// A boxed future, so the trait stays object safe.
@@ -101,6 +196,29 @@ mod tests {
         for bad in ["", ".hidden", "..", "a/b", "a b", "ключ", &"k".repeat(MAX_KEY + 1)] {
             assert!(matches!(check_key(bad), Err(StateError::BadKey(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_quota_caps_keys_bytes_and_rate() {
+        let quota = StateQuota { max_keys: 2, max_bytes: 100, max_writes_per_second: 5 };
+        let start = Instant::now();
+        let mut usage = Usage::new(quota, [("a".to_string(), 60)]);
+        // Bytes: growing past 100 is refused, shrinking is not.
+        assert!(matches!(usage.admit("b", Some(50), start), Err(StateError::QuotaExceeded(_))));
+        usage.admit("b", Some(40), start).unwrap();
+        usage.applied("b", Some(40));
+        // Keys: a third is refused, rewriting one is fine.
+        assert!(matches!(usage.admit("c", Some(0), start), Err(StateError::QuotaExceeded(_))));
+        usage.admit("a", Some(10), start).unwrap();
+        usage.applied("a", Some(10));
+        // Rate: two of the five tokens are gone (refusals take none); three
+        // more, then none.
+        for _ in 0..3 {
+            usage.admit("a", None, start).unwrap();
+        }
+        assert!(matches!(usage.admit("a", None, start), Err(StateError::QuotaExceeded(_))));
+        // A second later the bucket is full again.
+        usage.admit("a", None, start + std::time::Duration::from_secs(1)).unwrap();
     }
 
     #[test]

@@ -9,13 +9,14 @@
 //! a paused or deposed leader cannot overwrite its successor's work, no
 //! matter how late its write arrives.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 use zookeeper_client as zk;
 
-use super::{Entry, StateError, StateFuture, StateStore, check_key, check_value};
+use super::{Entry, StateError, StateFuture, StateQuota, StateStore, Usage, check_key, check_value};
 use crate::election::Fence;
 
 /// Test-only fault injection: a pause between deciding to write and sending
@@ -30,6 +31,11 @@ pub struct FencedStore {
     dir: String,
     dir_exists: AtomicBool,
     write_delay: Option<Duration>,
+    quota: StateQuota,
+    /// What the state uses of its quota, read at the term's first write.
+    usage: tokio::sync::Mutex<Option<Usage>>,
+    /// The quota is logged once per term, not once per refused write.
+    quota_logged: AtomicBool,
 }
 
 /// One write to make after the fence check.
@@ -40,8 +46,14 @@ enum Write<'a> {
 }
 
 impl FencedStore {
-    /// The state under `election`, fenced by the leader's `fence`.
+    /// The state under `election`, fenced by the leader's `fence`, within
+    /// the default quota.
     pub fn new(fence: Fence, election: &str) -> FencedStore {
+        FencedStore::with_quota(fence, election, StateQuota::default())
+    }
+
+    /// The state under `election`, fenced by the leader's `fence`, within `quota`.
+    pub fn with_quota(fence: Fence, election: &str, quota: StateQuota) -> FencedStore {
         let write_delay =
             std::env::var(WRITE_DELAY_FAILPOINT).ok().and_then(|d| humantime::parse_duration(&d).ok());
         if let Some(delay) = write_delay {
@@ -56,7 +68,67 @@ impl FencedStore {
             dir: format!("{election}/state"),
             dir_exists: AtomicBool::new(false),
             write_delay,
+            quota,
+            usage: tokio::sync::Mutex::new(None),
+            quota_logged: AtomicBool::new(false),
         }
+    }
+
+    /// Runs `write`, which leaves `key` with a value of `len` bytes (`None`:
+    /// deleted), if the quota admits it, and accounts for it.
+    async fn within_quota<T>(
+        &self,
+        key: &str,
+        len: Option<usize>,
+        write: impl Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        let mut guard = self.usage.lock().await;
+        if guard.is_none() {
+            *guard = Some(Usage::new(self.quota, self.sizes().await?));
+        }
+        let usage = guard.as_mut().expect("just set");
+        if let Err(refused) = usage.admit(key, len, Instant::now()) {
+            if !self.quota_logged.swap(true, Ordering::Relaxed) {
+                warn!(
+                    event = "state_quota_exceeded",
+                    term = self.fence.term.0,
+                    key,
+                    error = %refused,
+                    max_keys = self.quota.max_keys,
+                    max_bytes = self.quota.max_bytes,
+                    max_writes_per_second = self.quota.max_writes_per_second,
+                    "a state write was refused by the quota (logged once per term)"
+                );
+            }
+            return Err(refused);
+        }
+        let result = write.await;
+        match &result {
+            // Applied, or maybe applied: counting it errs toward the quota.
+            Ok(_) | Err(StateError::Unavailable(_)) => usage.applied(key, len),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The size of every value in the state, read once per term: requests
+    /// are pipelined, one round trip in all.
+    async fn sizes(&self) -> Result<Vec<(String, usize)>, StateError> {
+        let keys = match self.fence.client.list_children(&self.dir).await {
+            Ok(keys) => keys,
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(request_failed(&e)),
+        };
+        let stats: Vec<_> = keys.iter().map(|key| self.fence.client.check_stat(&self.path(key))).collect();
+        let mut sizes = Vec::with_capacity(keys.len());
+        for (key, stat) in keys.into_iter().zip(stats) {
+            match stat.await {
+                Ok(Some(stat)) => sizes.push((key, stat.data_length.max(0) as usize)),
+                Ok(None) => {}
+                Err(e) => return Err(request_failed(&e)),
+            }
+        }
+        Ok(sizes)
     }
 
     fn path(&self, key: &str) -> String {
@@ -171,30 +243,21 @@ impl StateStore for FencedStore {
         Box::pin(async move {
             check_key(key)?;
             check_value(&value)?;
-            loop {
-                match self.fenced(key, Write::Set(&value, None)).await? {
-                    Ok(zk::MultiWriteResult::SetData { stat }) => return Ok(version(&stat)),
-                    Ok(_) => return Err(StateError::Unavailable("unexpected reply to a write".into())),
-                    Err(zk::Error::NoNode) => match self.create(key, &value).await? {
-                        Ok(version) => return Ok(version),
-                        // Created concurrently: set it instead.
-                        Err(zk::Error::NodeExists) => continue,
-                        Err(e) => return Err(StateError::Unavailable(e.to_string())),
-                    },
-                    Err(e) => return Err(StateError::Unavailable(e.to_string())),
-                }
-            }
+            self.within_quota(key, Some(value.len()), self.put_unchecked(key, &value)).await
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StateFuture<'a, bool> {
         Box::pin(async move {
             check_key(key)?;
-            match self.fenced(key, Write::Delete).await? {
-                Ok(_) => Ok(true),
-                Err(zk::Error::NoNode) => Ok(false),
-                Err(e) => Err(StateError::Unavailable(e.to_string())),
-            }
+            self.within_quota(key, None, async {
+                match self.fenced(key, Write::Delete).await? {
+                    Ok(_) => Ok(true),
+                    Err(zk::Error::NoNode) => Ok(false),
+                    Err(e) => Err(StateError::Unavailable(e.to_string())),
+                }
+            })
+            .await
         })
     }
 
@@ -207,20 +270,48 @@ impl StateStore for FencedStore {
         Box::pin(async move {
             check_key(key)?;
             check_value(&value)?;
-            let Some(expected) = expected else {
-                return match self.create(key, &value).await? {
-                    Ok(version) => Ok(version),
-                    Err(zk::Error::NodeExists) => Err(StateError::Conflict),
-                    Err(e) => Err(StateError::Unavailable(e.to_string())),
-                };
-            };
-            let expected = i32::try_from(expected).map_err(|_| StateError::Conflict)?;
-            match self.fenced(key, Write::Set(&value, Some(expected))).await? {
-                Ok(zk::MultiWriteResult::SetData { stat }) => Ok(version(&stat)),
-                Ok(_) => Err(StateError::Unavailable("unexpected reply to a write".into())),
-                Err(zk::Error::BadVersion | zk::Error::NoNode) => Err(StateError::Conflict),
-                Err(e) => Err(StateError::Unavailable(e.to_string())),
-            }
+            self.within_quota(key, Some(value.len()), self.compare_and_set_unchecked(key, expected, &value))
+                .await
         })
+    }
+}
+
+impl FencedStore {
+    async fn put_unchecked(&self, key: &str, value: &[u8]) -> Result<u32, StateError> {
+        loop {
+            match self.fenced(key, Write::Set(value, None)).await? {
+                Ok(zk::MultiWriteResult::SetData { stat }) => return Ok(version(&stat)),
+                Ok(_) => return Err(StateError::Unavailable("unexpected reply to a write".into())),
+                Err(zk::Error::NoNode) => match self.create(key, value).await? {
+                    Ok(version) => return Ok(version),
+                    // Created concurrently: set it instead.
+                    Err(zk::Error::NodeExists) => continue,
+                    Err(e) => return Err(StateError::Unavailable(e.to_string())),
+                },
+                Err(e) => return Err(StateError::Unavailable(e.to_string())),
+            }
+        }
+    }
+
+    async fn compare_and_set_unchecked(
+        &self,
+        key: &str,
+        expected: Option<u32>,
+        value: &[u8],
+    ) -> Result<u32, StateError> {
+        let Some(expected) = expected else {
+            return match self.create(key, value).await? {
+                Ok(version) => Ok(version),
+                Err(zk::Error::NodeExists) => Err(StateError::Conflict),
+                Err(e) => Err(StateError::Unavailable(e.to_string())),
+            };
+        };
+        let expected = i32::try_from(expected).map_err(|_| StateError::Conflict)?;
+        match self.fenced(key, Write::Set(value, Some(expected))).await? {
+            Ok(zk::MultiWriteResult::SetData { stat }) => Ok(version(&stat)),
+            Ok(_) => Err(StateError::Unavailable("unexpected reply to a write".into())),
+            Err(zk::Error::BadVersion | zk::Error::NoNode) => Err(StateError::Conflict),
+            Err(e) => Err(StateError::Unavailable(e.to_string())),
+        }
     }
 }
