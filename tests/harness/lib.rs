@@ -12,6 +12,7 @@ pub mod capture;
 pub mod chaos;
 pub mod ensemble;
 pub mod events;
+pub mod hostile;
 pub mod paths;
 pub mod peer;
 pub mod process;

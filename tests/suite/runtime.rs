@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use zkrun::plugin::{
@@ -28,6 +28,41 @@ fn facts(term: u64) -> Facts {
 
 fn always() -> Arc<dyn Permit> {
     Arc::new(|| true)
+}
+
+/// A permit that always holds and counts how often it was asked: once when
+/// a hook starts, then at every epoch tick while wasm runs and at every
+/// watchdog tick while the guest waits in a host call.
+fn counting() -> (Arc<dyn Permit>, Arc<AtomicUsize>) {
+    let checks = Arc::new(AtomicUsize::new(0));
+    let seen = checks.clone();
+    (Arc::new(move || seen.fetch_add(1, Ordering::SeqCst) < usize::MAX), checks)
+}
+
+/// Waits (at most a minute) until the permit was asked `n` times.
+async fn wait_until_checked(checks: &AtomicUsize, n: usize) {
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while checks.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    waited.await.expect("the hook started");
+}
+
+/// The sleeper plugin, blocking in `hook` by `how` (`sleep` or `poll`).
+fn sleeper(hook: &str, how: &str, timeout: Duration) -> (Runtime, zkrun::plugin::Plugin) {
+    let runtime = runtime_with(|c| {
+        c.hook_timeout = timeout;
+        c.config.insert("sleep-in".into(), hook.into());
+        c.config.insert("how".into(), how.into());
+    });
+    let sleeper = runtime.load(&plugin("sleeper")).unwrap();
+    (runtime, sleeper)
+}
+
+/// Fails the test instead of hanging it when containment is broken.
+async fn within_a_minute<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future).await.unwrap_or_else(|_| panic!("{what} hung"))
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -206,11 +241,13 @@ async fn the_host_can_interrupt_a_running_hook() {
     let mut instance = runtime.instantiate(&spin, Some(1), None).await.unwrap();
     instance.on_elected(&facts(1), always()).await.unwrap();
     let interrupter = instance.interrupter();
+    let (permit, checks) = counting();
     let running = tokio::spawn(async move {
-        let result = instance.tick(&facts(1), always()).await;
+        let result = instance.tick(&facts(1), permit).await;
         (instance, result)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Interrupt once the guest runs (the epoch callback asks the permit).
+    wait_until_checked(&checks, 3).await;
     interrupter.interrupt();
     let (instance, result) = running.await.unwrap();
     let failure = result.unwrap_err();
@@ -231,8 +268,14 @@ async fn a_hook_stops_when_its_permit_is_withdrawn() {
     let held = lease.clone();
     let permit: Arc<dyn Permit> = Arc::new(move || held.load(Ordering::SeqCst));
     instance.on_elected(&facts(1), permit.clone()).await.unwrap();
-    let running = tokio::spawn(async move { instance.tick(&facts(1), permit).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let checks = Arc::new(AtomicUsize::new(0));
+    let seen = checks.clone();
+    let counted: Arc<dyn Permit> = Arc::new(move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+        permit.holds()
+    });
+    let running = tokio::spawn(async move { instance.tick(&facts(1), counted).await });
+    wait_until_checked(&checks, 3).await;
     lease.store(false, Ordering::SeqCst);
     let failure = running.await.unwrap().unwrap_err();
     assert_eq!(failure, HookFailure::PermitLost { hook: Hook::Tick });
@@ -395,4 +438,162 @@ fn plugins_import_state_only_if_they_use_it() {
     let imports = |name: &str| runtime.load(&plugin(name)).unwrap().interface().imports.clone();
     assert!(!imports("heartbeat").iter().any(|i| i.starts_with("zkrun:plugin/state")));
     assert!(imports("counter").iter().any(|i| i.starts_with("zkrun:plugin/state@0.1.1")));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_hook_blocked_in_a_host_call_is_stopped_at_its_deadline() {
+    for how in ["sleep", "poll"] {
+        for (hook, name) in
+            [(Hook::OnElected, "on-elected"), (Hook::Tick, "tick"), (Hook::OnDemoted, "on-demoted")]
+        {
+            let (runtime, sleeper) = sleeper(name, how, Duration::from_millis(300));
+            let mut instance = runtime.instantiate(&sleeper, Some(1), None).await.unwrap();
+            let failure = within_a_minute(name, async {
+                instance.on_elected(&facts(1), always()).await?;
+                instance.tick(&facts(1), always()).await?;
+                instance.on_demoted(DemoteReason::Resigned).await
+            })
+            .await
+            .unwrap_err();
+            assert_eq!(
+                failure,
+                HookFailure::TimedOut {
+                    hook,
+                    stop: zkrun::plugin::Stop::TimedOut(Duration::from_millis(300))
+                },
+                "{how} in {name}"
+            );
+            assert!(failure.is_plugin_fault() && !instance.is_healthy());
+            still_serves(&runtime).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_or_a_lapsed_permit_stops_a_hook_blocked_in_a_host_call() {
+    for how in ["sleep", "poll"] {
+        // The deadline is far away: only the interrupt can stop it in time.
+        let (runtime, sleeper) = sleeper("tick", how, Duration::from_secs(3600));
+        let mut instance = runtime.instantiate(&sleeper, Some(1), None).await.unwrap();
+        instance.on_elected(&facts(1), always()).await.unwrap();
+        let interrupter = instance.interrupter();
+        let (permit, checks) = counting();
+        let running = tokio::spawn(async move { instance.tick(&facts(1), permit).await });
+        // The watchdog asks the permit every few milliseconds while the
+        // guest waits in the host: it is blocked by now.
+        wait_until_checked(&checks, 20).await;
+        interrupter.interrupt();
+        let failure = within_a_minute("the interrupted tick", running).await.unwrap().unwrap_err();
+        assert_eq!(failure, HookFailure::Interrupted { hook: Hook::Tick }, "{how}");
+
+        let mut instance = runtime.instantiate(&sleeper, Some(1), None).await.unwrap();
+        let lease = Arc::new(AtomicBool::new(true));
+        let held = lease.clone();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let seen = checks.clone();
+        let permit: Arc<dyn Permit> = Arc::new(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.load(Ordering::SeqCst)
+        });
+        let running = tokio::spawn(async move { instance.tick(&facts(1), permit).await });
+        wait_until_checked(&checks, 20).await;
+        lease.store(false, Ordering::SeqCst);
+        let failure = within_a_minute("the tick whose lease lapsed", running).await.unwrap().unwrap_err();
+        assert_eq!(failure, HookFailure::PermitLost { hook: Hook::Tick }, "{how}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_interrupt_sent_before_a_hook_starts_is_not_lost() {
+    let (logs, _guard) = capture();
+    let runtime = runtime();
+    let heartbeat = runtime.load(&plugin("heartbeat")).unwrap();
+    let mut instance = runtime.instantiate(&heartbeat, Some(3), None).await.unwrap();
+    instance.on_elected(&facts(3), always()).await.unwrap();
+    logs.clear();
+    instance.interrupter().interrupt();
+    let failure = instance.tick(&facts(3), always()).await.unwrap_err();
+    assert_eq!(failure, HookFailure::Interrupted { hook: Hook::Tick });
+    assert!(logs.plugin_lines().is_empty(), "the refused tick ran: {:?}", logs.plugin_lines());
+    // Refused before the guest ran: the instance is intact, and the
+    // interrupt was spent on that tick.
+    assert!(instance.is_healthy());
+    instance.tick(&facts(3), always()).await.unwrap();
+    assert_eq!(logs.plugin_lines(), ["I am Leader: term 3 id p1 tick 1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_code_blocked_in_a_host_call_is_bounded_like_a_hook() {
+    let dir = zkrun_tests::TempDir::new("blocking-start");
+    let path = zkrun_tests::hostile::blocking_start(dir.path());
+    let runtime = runtime_with(|c| c.hook_timeout = Duration::from_millis(300));
+    let blocking = runtime.load(&path).unwrap();
+    let failure =
+        within_a_minute("instantiation", runtime.instantiate(&blocking, None, None)).await.err().unwrap();
+    assert!(matches!(failure, HookFailure::TimedOut { hook: Hook::Instantiate, .. }), "{failure}");
+
+    // A term's instantiation runs under its permit: an interrupt stops it.
+    let runtime = runtime_with(|c| c.hook_timeout = Duration::from_secs(3600));
+    let blocking = runtime.load(&path).unwrap();
+    let interrupter = zkrun::plugin::Interrupter::new();
+    let (permit, checks) = counting();
+    let handle = interrupter.clone();
+    let creating = tokio::spawn(async move {
+        runtime.instantiate_for(&blocking, Some(1), None, Some(permit), handle).await.err()
+    });
+    wait_until_checked(&checks, 20).await;
+    interrupter.interrupt();
+    let failure = within_a_minute("the interrupted instantiation", creating).await.unwrap().unwrap();
+    assert_eq!(failure, HookFailure::Interrupted { hook: Hook::Instantiate });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tables_count_against_the_memory_cap() {
+    let dir = zkrun_tests::TempDir::new("table-hog");
+    let runtime = runtime();
+    // 4 × 100 × 1 M slots: 3 GiB of tables in a file of a few kilobytes.
+    let hog = runtime.load(&zkrun_tests::hostile::table_hog(dir.path(), 4, 100, 1_000_000)).unwrap();
+    let failure = runtime.instantiate(&hog, Some(1), None).await.err().unwrap();
+    assert!(matches!(failure, HookFailure::OutOfMemory { hook: Hook::Instantiate, .. }), "{failure}");
+    assert!(failure.to_string().contains("64 MiB cap"), "{failure}");
+    // Small tables within the cap are fine.
+    let small = runtime.load(&zkrun_tests::hostile::table_hog(dir.path(), 2, 4, 1000)).unwrap();
+    runtime.instantiate(&small, Some(1), None).await.unwrap();
+    still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn plugin_output_is_capped_rate_limited_and_escaped() {
+    let (logs, _guard) = capture();
+    let runtime = runtime_with(|c| {
+        c.config.insert("flood".into(), "log-lines".into());
+        c.memory_limit = 256 << 20;
+    });
+    let flood = runtime.load(&plugin("flood")).unwrap();
+    let mut instance = runtime.instantiate(&flood, Some(1), None).await.unwrap();
+    instance.tick(&facts(1), always()).await.unwrap();
+    let events = logs.events();
+    let lines = events.iter().filter(|e| e.get("event") == "plugin_log").count();
+    // 20,000 lines of 1 KiB: one second's worth of bytes (256 KiB) gets out.
+    assert!(lines > 10 && lines < 400, "{lines} lines got out");
+    let dropped: Vec<_> = events.iter().filter(|e| e.get("event") == "plugin_output_dropped").collect();
+    assert!(!dropped.is_empty(), "no plugin_output_dropped event");
+    assert!(dropped[0].get("lines").parse::<u64>().unwrap() >= 1, "{:?}", dropped[0]);
+    drop(instance);
+
+    logs.clear();
+    let runtime = runtime_with(|c| {
+        c.config.insert("flood".into(), "log-giant".into());
+        c.memory_limit = 256 << 20;
+    });
+    let flood = runtime.load(&plugin("flood")).unwrap();
+    let mut instance = runtime.instantiate(&flood, Some(1), None).await.unwrap();
+    instance.tick(&facts(1), always()).await.unwrap();
+    let lines = logs.plugin_lines();
+    let giant = lines.iter().find(|l| l.starts_with("ggg")).expect("the giant line, cut");
+    assert!(
+        giant.len() < 9 * 1024 && giant.ends_with("… [truncated 49991808 bytes]"),
+        "{}",
+        &giant[giant.len() - 40..]
+    );
 }
