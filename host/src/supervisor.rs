@@ -509,7 +509,7 @@ impl Supervisor {
         let path = self.settings.plugin_path.clone();
         let runtime = self.runtime.clone();
         let (done, loading) = oneshot::channel();
-        info!(event = "reloading", id = self.settings.participant, path = %path.display(), "compiling the plugin from disk; the running one carries on");
+        info!(event = "reloading", id = self.settings.participant, path = %path.display(), mono_ns = monotonic_ns(), "compiling the plugin from disk; the running one carries on");
         // A plain thread, not the blocking pool: shutdown must not wait for
         // a compile (the compiler child dies with this process).
         let spawned = std::thread::Builder::new().name("zkrun-compile".into()).spawn(move || {

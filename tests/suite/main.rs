@@ -4,6 +4,7 @@
 mod bench;
 mod chaos;
 mod cli;
+mod containment;
 mod election;
 mod runtime;
 mod state;

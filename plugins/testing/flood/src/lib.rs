@@ -1,6 +1,6 @@
 //! Test plugin: floods what the host keeps for it, once per tick.
 //! Configuration `flood`:
-//! - `state`: 300 puts of 64 KiB (keys `big-0`..`big-299`);
+//! - `state`: 300 puts of 64 KiB under new keys (19 MB per tick);
 //! - `keys`: 300 puts of new small keys;
 //! - `log-giant`: one 50 MB `log()` message;
 //! - `log-lines`: 20,000 `log()` messages of 1 KiB;
@@ -40,7 +40,7 @@ impl Guest for Flood {
             "state" => {
                 let value = vec![b'x'; 64 * 1024];
                 for i in 0..300 {
-                    count(state::put(&format!("big-{i}"), &value));
+                    count(state::put(&format!("big-{}-{tick}-{i}", leadership.term), &value));
                 }
             }
             "keys" => {
