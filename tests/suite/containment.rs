@@ -108,6 +108,7 @@ fn one_sigterm_ends_a_host_whose_hook_is_blocked() {
 }
 
 /// Runs `zkrun <args>` to the end and returns (exit code, stderr, peak RSS).
+#[allow(clippy::zombie_processes, reason = "reaped by wait4, which also reports its peak RSS")]
 fn run_measured(args: &[&str]) -> (Option<i32>, String, u64) {
     use std::process::{Command, Stdio};
     let mut command = Command::new(paths::zkrun_binary());
