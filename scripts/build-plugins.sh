@@ -42,4 +42,40 @@ for manifest in "$root"/plugins/*/Cargo.toml "$root"/plugins/testing/*/Cargo.tom
     cp "$artifact" "$out/$name.wasm"
     count=$((count + 1))
 done
+# Guests in other languages, when their toolchains are installed
+# (scripts/setup.sh --guests). Each is rebuilt only when its source or wit/
+# changed: componentize-py and componentize-js take 10-20 s a component.
+stale() { # stale OUTPUT SOURCE...
+    [ ! -f "$1" ] && return 0
+    local output=$1
+    shift
+    [ -n "$(find "$@" -newer "$output" -print -quit)" ]
+}
+venv="$root/target/guest-venv"
+if [ -x "$venv/bin/componentize-py" ]; then
+    for name in heartbeat-py counter-py; do
+        if stale "$out/$name.wasm" "$root/plugins/$name/app.py" "$root/wit"; then
+            echo "build-plugins: $name (componentize-py)"
+            (cd "$root" && "$venv/bin/componentize-py" -d wit -w job componentize -p "plugins/$name" app -o "$out/$name.wasm" >/dev/null)
+        fi
+        count=$((count + 1))
+    done
+else
+    echo "build-plugins: no Python guests (run scripts/setup.sh --guests for componentize-py)"
+fi
+js="$root/plugins/heartbeat-js"
+if [ -x "$js/node_modules/.bin/componentize-js" ]; then
+    if stale "$out/heartbeat-js.wasm" "$js/app.js" "$root/wit"; then
+        echo "build-plugins: heartbeat-js (componentize-js)"
+        # componentize-js reads --wit only below its working directory.
+        stage="$build/heartbeat-js"
+        rm -rf "$stage" && mkdir -p "$stage" && cp -r "$js/app.js" "$root/wit" "$stage/"
+        # No wasi:http: zkrun does not grant it (yet), and the heartbeat needs none.
+        (cd "$stage" && "$js/node_modules/.bin/componentize-js" app.js --wit wit --world-name job \
+            -d http fetch-event -o "$out/heartbeat-js.wasm" >/dev/null)
+    fi
+    count=$((count + 1))
+else
+    echo "build-plugins: no JavaScript guests (run scripts/setup.sh --guests for componentize-js)"
+fi
 echo "build-plugins: $count components in $out"

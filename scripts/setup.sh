@@ -3,14 +3,18 @@
 #
 #   scripts/setup.sh            ZooKeeper + the wasm32-wasip2 toolchain
 #   scripts/setup.sh --bench    also the benchmark peers (Curator, kazoo)
+#   scripts/setup.sh --guests   also the Python and JavaScript guest
+#                               toolchains (componentize-py, componentize-js)
 #
 # Safe to run again: it checks before it installs.
 set -euo pipefail
 
 bench=0
+guests=0
 for arg in "$@"; do
     case "$arg" in
         --bench) bench=1 ;;
+        --guests) guests=1 ;;
         *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -53,8 +57,30 @@ if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev
     cargo install --locked cargo-nextest
 fi
 
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+if [ "$guests" = 1 ]; then
+    # Pinned: a guest toolchain's output changes with its version.
+    if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed"; then
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    venv="$root/target/guest-venv"
+    if [ ! -x "$venv/bin/componentize-py" ] || ! "$venv/bin/componentize-py" --version | grep -qx "componentize-py 0.25.1"; then
+        echo "setup: installing componentize-py 0.25.1 into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q componentize-py==0.25.1
+    fi
+    js="$root/plugins/heartbeat-js"
+    if [ ! -x "$js/node_modules/.bin/componentize-js" ]; then
+        echo "setup: installing componentize-js (package-lock.json) into $js/node_modules"
+        (cd "$js" && npm ci --silent --no-audit --no-fund)
+    fi
+fi
+
 if [ "$bench" = 1 ]; then
-    root=$(cd "$(dirname "$0")/.." && pwd)
     venv="$root/target/bench-venv"
     if [ ! -x "$venv/bin/python" ]; then
         echo "setup: creating $venv"

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "setup (idempotent), with the benchmark peers: the suite runs the benchmark's smoke mode"
-scripts/setup.sh --bench
+step "setup (idempotent), with the benchmark peers (the suite runs the benchmark's smoke mode) and the Python and JavaScript guest toolchains"
+scripts/setup.sh --bench --guests
 
 step "plugins (wasm32-wasip2 components) and the Curator peer"
 scripts/build-plugins.sh

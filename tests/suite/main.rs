@@ -6,5 +6,6 @@ mod chaos;
 mod cli;
 mod containment;
 mod election;
+mod guests;
 mod runtime;
 mod state;
