@@ -140,6 +140,32 @@ impl Drop for Process {
     }
 }
 
+/// The `run` arguments of a participant of `election` on `connect` running
+/// `plugin`, ticking every `tick`, asking for `session` timeout, then `extra`.
+pub fn participant_args<S: AsRef<OsStr>>(
+    connect: &str,
+    election: &str,
+    plugin: &std::path::Path,
+    tick: &str,
+    session: &str,
+    extra: &[S],
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--plugin".into(),
+        plugin.into(),
+        "--zk".into(),
+        connect.into(),
+        "--election".into(),
+        election.into(),
+        "--tick".into(),
+        tick.into(),
+        "--session-timeout".into(),
+        session.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+    args
+}
+
 /// Runs a short zkrun command (`check`, `status`, a bad `run`) to completion.
 pub fn run_to_end<S: AsRef<OsStr>>(args: &[S], timeout: Duration) -> Output {
     let mut command = Command::new(paths::zkrun_binary());

@@ -3,29 +3,16 @@
 //! the guest waits in a host call, floods what the host keeps for it, or
 //! makes the host compile or allocate without end.
 
-use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use zkrun_tests::process::run_to_end;
+use zkrun_tests::process::{participant_args, run_to_end};
 use zkrun_tests::{Ensemble, EnsembleOptions, Event, Process, TempDir, hostile, paths};
 
 const SOON: Duration = Duration::from_secs(30);
 
 fn participant(ensemble: &Ensemble, election: &str, id: &str, plugin: &Path, extra: &[&str]) -> Process {
-    let mut args: Vec<OsString> = vec![
-        "--plugin".into(),
-        plugin.into(),
-        "--zk".into(),
-        ensemble.connect_string().into(),
-        "--election".into(),
-        election.into(),
-        "--tick".into(),
-        "200ms".into(),
-        "--session-timeout".into(),
-        "4s".into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
+    let args = participant_args(&ensemble.connect_string(), election, plugin, "200ms", "4s", extra);
     let p = Process::zkrun(id, &args);
     p.wait_event("joined", SOON, |e| e.kind() == "joined");
     p

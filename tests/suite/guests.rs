@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use zkrun_tests::process::run_to_end;
+use zkrun_tests::process::{participant_args, run_to_end};
 use zkrun_tests::{Ensemble, Event, Process, paths};
 use zookeeper_client as zk;
 
@@ -14,21 +14,9 @@ use zookeeper_client as zk;
 const SOON: Duration = Duration::from_secs(120);
 
 fn args(ensemble: &Ensemble, election: &str, plugin: &str, tick: &str) -> Vec<OsString> {
-    vec![
-        "--plugin".into(),
-        paths::plugin(plugin).into(),
-        "--zk".into(),
-        ensemble.connect_string().into(),
-        "--election".into(),
-        election.into(),
-        "--tick".into(),
-        tick.into(),
-        "--session-timeout".into(),
-        "4s".into(),
-        // Several of these compile at once in the suite.
-        "--compile-timeout".into(),
-        "10m".into(),
-    ]
+    // Several of these compile at once in the suite.
+    let extra = ["--compile-timeout", "10m"];
+    participant_args(&ensemble.connect_string(), election, &paths::plugin(plugin), tick, "4s", &extra)
 }
 
 #[test]
