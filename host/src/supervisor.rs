@@ -560,6 +560,8 @@ impl Supervisor {
             previous = old.name(),
             path = %self.plugin.path().display(),
             compile_ms = self.plugin.compile_time().as_millis() as u64,
+            cached = self.plugin.from_cache(),
+            sha256 = self.plugin.sha256(),
             mono_ns = monotonic_ns(),
             "plugin reloaded"
         );

@@ -91,3 +91,27 @@ async fn the_python_counter_keeps_counting_across_a_sigkill() {
     assert!(values.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 2), "{values:?}");
     assert_eq!(*values.last().unwrap(), stored, "the last logged commit is what is stored");
 }
+
+#[test]
+fn a_python_job_starts_from_the_compiled_code_cache_the_second_time() {
+    let ensemble = Ensemble::start();
+    let dir = zkrun_tests::TempDir::new("guest-cache");
+    let cache = dir.path().join("cache");
+    let mut extra: Vec<OsString> = args(&ensemble, "/zkrun/guests/cache", "heartbeat-py", "200ms");
+    extra.extend(["--cache-dir".into(), cache.clone().into()]);
+    let mut starts = Vec::new();
+    for round in 0..2 {
+        let mut p = Process::zkrun(&format!("round{round}"), &extra);
+        starts.push(p.wait_event("starting", SOON, |e| e.kind() == "starting"));
+        p.wait_event("elected", SOON, |e| e.kind() == "elected");
+        p.signal(libc::SIGTERM);
+        p.wait_exit(SOON).expect("SIGTERM ends the process");
+    }
+    assert_eq!(starts[0].json["cached"], false);
+    assert_eq!(starts[1].json["cached"], true, "{:?}", starts[1]);
+    assert_eq!(starts[0].str("sha256"), starts[1].str("sha256"));
+    eprintln!(
+        "heartbeat-py: compiled in {} ms, from the cache in {} ms",
+        starts[0].json["compile_ms"], starts[1].json["compile_ms"]
+    );
+}

@@ -597,3 +597,33 @@ async fn plugin_output_is_capped_rate_limited_and_escaped() {
         &giant[giant.len() - 40..]
     );
 }
+
+#[test]
+fn compiled_code_is_cached_by_content_and_a_broken_entry_is_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = zkrun_tests::TempDir::new("cache");
+    let cache = dir.path().join("cache");
+    let runtime = runtime_with(|c| c.compile.cache = Some(cache.clone()));
+    let first = runtime.load(&plugin("heartbeat")).unwrap();
+    assert!(!first.from_cache());
+    assert_eq!(first.sha256().len(), 64);
+    let second = runtime.load(&plugin("heartbeat")).unwrap();
+    assert!(second.from_cache(), "the second load compiles again");
+    assert_eq!(second.sha256(), first.sha256());
+    // Another component is another entry.
+    assert!(!runtime.load(&plugin("counter")).unwrap().from_cache());
+
+    // A corrupt entry is not trusted: it is compiled again and replaced.
+    for entry in std::fs::read_dir(&cache).unwrap().flatten() {
+        std::fs::write(entry.path(), b"not compiled code").unwrap();
+    }
+    let (logs, _guard) = capture();
+    assert!(!runtime.load(&plugin("heartbeat")).unwrap().from_cache());
+    assert!(logs.events().iter().any(|e| e.get("event") == "cache_entry_replaced"));
+    assert!(runtime.load(&plugin("heartbeat")).unwrap().from_cache());
+
+    // A directory others can write is not used at all.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(!runtime.load(&plugin("heartbeat")).unwrap().from_cache());
+    assert!(logs.events().iter().any(|e| e.get("event") == "cache_unusable"));
+}

@@ -156,6 +156,7 @@ async fn serve(settings: RunSettings) -> u8 {
         config: settings.plugin_config.clone(),
         participant: settings.id.clone(),
         compile: CompileLimits {
+            cache: settings.cache_dir.clone(),
             max_size: settings.max_component_size as u64,
             timeout: settings.compile_timeout,
             compiler: child_compiler(),
@@ -192,6 +193,8 @@ async fn serve(settings: RunSettings) -> u8 {
         tick_ms = settings.tick.as_millis() as u64,
         session_timeout_ms = settings.session_timeout.as_millis() as u64,
         compile_ms = plugin.compile_time().as_millis() as u64,
+        cached = plugin.from_cache(),
+        sha256 = plugin.sha256(),
         version = env!("CARGO_PKG_VERSION"),
         "zkrun starting"
     );
@@ -308,6 +311,8 @@ fn check(args: CheckArgs) -> u8 {
         hook_timeout: args.hook_timeout.unwrap_or(defaults.hook_timeout),
         memory_limit: args.memory_limit.unwrap_or(defaults.memory_limit),
         compile: CompileLimits {
+            // check compiles afresh: it says how long compiling takes.
+            cache: None,
             max_size: args.max_component_size.map_or(defaults.compile.max_size, |n| n as u64),
             timeout: args.compile_timeout.unwrap_or(defaults.compile.timeout),
             compiler: child_compiler(),

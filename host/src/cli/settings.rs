@@ -48,6 +48,8 @@ pub struct RunSettings {
     pub max_component_size: usize,
     /// Longest a component may take to compile.
     pub compile_timeout: Duration,
+    /// The compiled-code cache, if any.
+    pub cache_dir: Option<PathBuf>,
     /// Limits on the election's fenced state.
     pub state_quota: StateQuota,
     /// The plugin's configuration.
@@ -95,6 +97,12 @@ pub struct RunArgs {
     /// Longest a component may take to compile (at start and on SIGHUP) [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub compile_timeout: Option<Duration>,
+    /// Compiled-code cache directory, private to this user [default: $CACHE_DIRECTORY, else $XDG_CACHE_HOME/zkrun, else ~/.cache/zkrun]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile the plugin at every start and reload, caching nothing
+    #[arg(long)]
+    pub no_cache: bool,
     /// Most keys the election's fenced state may hold [default: 1000]
     #[arg(long, value_name = "N")]
     pub state_max_keys: Option<usize>,
@@ -161,6 +169,7 @@ struct PluginSection {
     memory_limit: Option<String>,
     max_component_size: Option<String>,
     compile_timeout: Option<String>,
+    cache_dir: Option<PathBuf>,
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
@@ -264,6 +273,13 @@ impl RunArgs {
             "[plugin] compile-timeout",
             DEFAULT_COMPILE_TIMEOUT,
         )?;
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .or(file.plugin.cache_dir.map(|d| base.join(d)))
+                .or_else(crate::plugin::default_cache_dir)
+        };
         let defaults = StateQuota::default();
         let state_quota = StateQuota {
             max_keys: self.state_max_keys.or(file.state.max_keys).unwrap_or(defaults.max_keys),
@@ -328,6 +344,7 @@ impl RunArgs {
             memory_limit,
             max_component_size,
             compile_timeout,
+            cache_dir,
             state_quota,
             plugin_config,
             grants,

@@ -17,6 +17,7 @@
 //!   is never at risk.
 
 mod bindings;
+mod cache;
 mod limits;
 mod sandbox;
 mod validate;
@@ -35,6 +36,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use bindings::zkrun::plugin::state as wit_state;
 pub use bindings::{DemoteReason, Level};
 use bindings::{Job, JobPre, Leadership};
+pub use cache::default_dir as default_cache_dir;
 pub use limits::{EPOCH_TICK, Interrupter, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Permit, Stop};
 use limits::{EpochTicker, Gate, MemoryCap, TickerGuard};
 pub use sandbox::{DirGrant, Grants, LogContext, OutputLimits};
@@ -390,7 +392,8 @@ impl Runtime {
     /// it from a blocking context.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let started = Instant::now();
-        let component = validate::compile(&self.engine, path, &self.config.compile)?;
+        let validate::Compiled { component, sha256, cached } =
+            validate::compile(&self.engine, path, &self.config.compile)?;
         let interface = validate::check_interface(&self.engine, path, &component)?;
         let pre = self
             .linker
@@ -407,6 +410,8 @@ impl Runtime {
                 pre,
                 interface,
                 compile_time: started.elapsed(),
+                sha256,
+                cached,
             }),
         })
     }
@@ -525,6 +530,8 @@ struct PluginInner {
     pre: JobPre<StoreState>,
     interface: Interface,
     compile_time: Duration,
+    sha256: String,
+    cached: bool,
 }
 
 impl Plugin {
@@ -543,9 +550,19 @@ impl Plugin {
         &self.inner.interface
     }
 
-    /// How long reading, compiling and checking took.
+    /// How long reading, compiling (or loading from the cache) and checking took.
     pub fn compile_time(&self) -> Duration {
         self.inner.compile_time
+    }
+
+    /// The hex sha256 of the component file: which code this is.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    /// Whether the compiled code came from the compiled-code cache.
+    pub fn from_cache(&self) -> bool {
+        self.inner.cached
     }
 }
 

@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
+
+use super::cache::{self, Cache};
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
@@ -116,9 +118,11 @@ pub enum Compiler {
     Subprocess(PathBuf),
 }
 
-/// What a component may cost to load.
+/// What a component may cost to load, and where compiled code is cached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompileLimits {
+    /// The compiled-code cache directory, if any.
+    pub cache: Option<PathBuf>,
     /// Largest component file accepted, in bytes.
     pub max_size: u64,
     /// Longest a compile may take (enforced with [`Compiler::Subprocess`]).
@@ -130,6 +134,7 @@ pub struct CompileLimits {
 impl Default for CompileLimits {
     fn default() -> Self {
         CompileLimits {
+            cache: None,
             max_size: DEFAULT_MAX_COMPONENT_SIZE,
             timeout: DEFAULT_COMPILE_TIMEOUT,
             compiler: Compiler::InProcess,
@@ -146,9 +151,19 @@ pub struct Interface {
     pub exports: Vec<String>,
 }
 
-/// Reads and compiles `path` within `limits`, checking everything that can
-/// be checked before linking.
-pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<Component, LoadError> {
+/// A compiled component and where it came from.
+pub struct Compiled {
+    /// The component, ready to link.
+    pub component: Component,
+    /// The hex sha256 of the file's bytes.
+    pub sha256: String,
+    /// Whether it came from the compiled-code cache.
+    pub cached: bool,
+}
+
+/// Reads and compiles `path` within `limits` (or loads it from the cache),
+/// checking everything that can be checked before linking.
+pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<Compiled, LoadError> {
     let size = match std::fs::metadata(path) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::NotFound(path.into())),
@@ -177,9 +192,23 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
     if bytes[4..8] == [1, 0, 0, 0] {
         return Err(LoadError::CoreModule(path.into()));
     }
-    match &limits.compiler {
+    let sha256 = cache::sha256(&bytes);
+    let cache = limits.cache.as_deref().and_then(|dir| match Cache::open(dir) {
+        Ok(cache) => Some(cache),
+        Err(why) => {
+            tracing::warn!(event = "cache_unusable", why, "not using the compiled-code cache");
+            None
+        }
+    });
+    if let Some(component) = cache.as_ref().and_then(|c| c.load(engine, &sha256)) {
+        return Ok(Compiled { component, sha256, cached: true });
+    }
+    let (component, serialized) = match &limits.compiler {
         Compiler::InProcess => {
-            Component::new(engine, &bytes).map_err(|e| LoadError::Invalid(path.into(), first_line(&e)))
+            let component = Component::new(engine, &bytes)
+                .map_err(|e| LoadError::Invalid(path.into(), first_line(&e)))?;
+            let serialized = cache.as_ref().and_then(|_| component.serialize().ok());
+            (component, serialized)
         }
         Compiler::Subprocess(exe) => {
             let compiled = compile_in_child(exe, path, &bytes, limits.timeout)?;
@@ -187,10 +216,15 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
             // serialized them for an engine configured as ours is
             // (`plugin::engine`); wasmtime also checks the engine's version
             // and settings before using them.
-            unsafe { Component::deserialize(engine, &compiled) }
-                .map_err(|e| LoadError::Compiler(path.into(), first_line(&e)))
+            let component = unsafe { Component::deserialize(engine, &compiled) }
+                .map_err(|e| LoadError::Compiler(path.into(), first_line(&e)))?;
+            (component, Some(compiled))
         }
+    };
+    if let (Some(cache), Some(serialized)) = (&cache, serialized) {
+        cache.store(engine, &sha256, &serialized);
     }
+    Ok(Compiled { component, sha256, cached: false })
 }
 
 /// Runs `<exe> compile - -o -` on `wasm`; kills it at `timeout`.
