@@ -45,6 +45,23 @@ enum Write<'a> {
     Delete,
 }
 
+impl Write<'_> {
+    fn to_owned(&self) -> OwnedWrite {
+        match self {
+            Write::Create(value) => OwnedWrite::Create(value.to_vec()),
+            Write::Set(value, version) => OwnedWrite::Set(value.to_vec(), *version),
+            Write::Delete => OwnedWrite::Delete,
+        }
+    }
+}
+
+/// A [`Write`] that a task of its own can send.
+enum OwnedWrite {
+    Create(Vec<u8>),
+    Set(Vec<u8>, Option<i32>),
+    Delete,
+}
+
 impl FencedStore {
     /// The state under `election`, fenced by the leader's `fence`, within
     /// the default quota.
@@ -146,6 +163,11 @@ impl FencedStore {
 
     /// Commits `write` together with the fence check. `Ok(Err(error))` is the
     /// write's own failure (the fence held).
+    ///
+    /// The write is sent from a task of its own: once decided (inside the
+    /// lease), it goes out and its fate is logged even if the hook that made
+    /// it is abandoned meanwhile (its lease lapsed, its deadline passed).
+    /// Whether it lands is then the fence's decision alone.
     async fn fenced(
         &self,
         key: &str,
@@ -153,42 +175,49 @@ impl FencedStore {
     ) -> Result<Result<zk::MultiWriteResult, zk::Error>, StateError> {
         if let Some(delay) = self.write_delay {
             warn!(event = "failpoint_delay", key, ?delay, "test failpoint: pausing before a fenced write");
-            tokio::time::sleep(delay).await;
+            // The whole thread stops, as in a stop-the-world GC pause or a
+            // frozen VM: nothing of this host runs on it meanwhile.
+            std::thread::sleep(delay);
         }
-        let path = self.path(key);
-        let mut multi = self.fence.client.new_multi_writer();
-        // -1: any version; the check is that the node exists.
-        let built = multi.add_check_version(&self.fence.node_path, -1).and_then(|()| match write {
-            Write::Create(value) => multi.add_create(&path, value, &PERSISTENT),
-            Write::Set(value, version) => multi.add_set_data(&path, value, version),
-            Write::Delete => multi.add_delete(&path, None),
+        let client = self.fence.client.clone();
+        let (fence_path, term) = (self.fence.node_path.clone(), self.fence.term);
+        let (key, path, write) = (key.to_string(), self.path(key), write.to_owned());
+        let sent = tokio::spawn(async move {
+            let mut multi = client.new_multi_writer();
+            // -1: any version; the check is that the node exists.
+            let built = multi.add_check_version(&fence_path, -1).and_then(|()| match &write {
+                OwnedWrite::Create(value) => multi.add_create(&path, value, &PERSISTENT),
+                OwnedWrite::Set(value, version) => multi.add_set_data(&path, value, *version),
+                OwnedWrite::Delete => multi.add_delete(&path, None),
+            });
+            built.map_err(|e| StateError::Unavailable(e.to_string()))?;
+            let outcome = match multi.commit().await {
+                Ok(mut results) => Ok(Ok(results.pop().expect("two operations, two results"))),
+                Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => Err(StateError::NotLeader),
+                Err(zk::MultiWriteError::OperationFailed { source, .. }) => Ok(Err(source)),
+                Err(zk::MultiWriteError::RequestFailed { source }) => Err(request_failed(&source)),
+            };
+            match &outcome {
+                Err(StateError::NotLeader) => warn!(
+                    event = "write_fenced",
+                    term = term.0,
+                    key,
+                    mono_ns = crate::clock::monotonic_ns(),
+                    "ZooKeeper refused a state write: this host's election node is gone, so it no longer leads"
+                ),
+                Err(StateError::Unavailable(why)) => warn!(
+                    event = "write_outcome_unknown",
+                    term = term.0,
+                    key,
+                    why,
+                    mono_ns = crate::clock::monotonic_ns(),
+                    "a state write's outcome is unknown; it landed only if this host still led when it arrived"
+                ),
+                _ => {}
+            }
+            outcome
         });
-        built.map_err(|e| StateError::Unavailable(e.to_string()))?;
-        let outcome = match multi.commit().await {
-            Ok(mut results) => Ok(Ok(results.pop().expect("two operations, two results"))),
-            Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => Err(StateError::NotLeader),
-            Err(zk::MultiWriteError::OperationFailed { source, .. }) => Ok(Err(source)),
-            Err(zk::MultiWriteError::RequestFailed { source }) => Err(request_failed(&source)),
-        };
-        match &outcome {
-            Err(StateError::NotLeader) => warn!(
-                event = "write_fenced",
-                term = self.fence.term.0,
-                key,
-                mono_ns = crate::clock::monotonic_ns(),
-                "ZooKeeper refused a state write: this host's election node is gone, so it no longer leads"
-            ),
-            Err(StateError::Unavailable(why)) => warn!(
-                event = "write_outcome_unknown",
-                term = self.fence.term.0,
-                key,
-                why,
-                mono_ns = crate::clock::monotonic_ns(),
-                "a state write's outcome is unknown; it landed only if this host still led when it arrived"
-            ),
-            _ => {}
-        }
-        outcome
+        sent.await.unwrap_or_else(|e| Err(StateError::Unavailable(format!("the write's task failed: {e}"))))
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<Result<u32, zk::Error>, StateError> {
