@@ -286,3 +286,36 @@ fn a_giant_log_line_per_tick_keeps_zkrun_small_and_its_lines_short() {
     assert!(longest < 64 * 1024, "a line of {longest} bytes");
     assert!(p.events().iter().any(|e| e.message().ends_with("… [truncated 49991808 bytes]")));
 }
+
+#[test]
+fn precompiled_code_loads_only_when_trusted() {
+    let dir = TempDir::new("precompiled");
+    let cwasm = dir.path().join("heartbeat.cwasm");
+    let heartbeat = paths::plugin("heartbeat");
+    let out =
+        run_to_end(&["compile".as_ref(), heartbeat.as_os_str(), "-o".as_ref(), cwasm.as_os_str()], SOON);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let check = |path: &Path, trust: bool| {
+        let mut args = vec!["check".as_ref(), path.as_os_str()];
+        if trust {
+            args.push("--trust-precompiled".as_ref());
+        }
+        let out = run_to_end(&args, SOON);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = check(&cwasm, false);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("precompiled code") && stderr.contains("--trust-precompiled"), "{stderr}");
+    assert_eq!(check(&cwasm, true).0, Some(0));
+
+    // Damaged (or made by another zkrun): refused with a clear line.
+    let damaged = dir.path().join("damaged.cwasm");
+    let mut bytes = std::fs::read(&cwasm).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&damaged, bytes).unwrap();
+    let (code, stderr) = check(&damaged, true);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("compile it again with this zkrun"), "{stderr}");
+}

@@ -65,8 +65,8 @@ enum Command {
     Status(StatusArgs),
     /// Validate a plugin against the zkrun:plugin/job world.
     Check(CheckArgs),
-    /// Compile a component for this zkrun's engine (used by zkrun itself to
-    /// compile in a child process it can stop).
+    /// Compile a component ahead of time for this zkrun (load the result
+    /// with --trust-precompiled); zkrun also runs this as its compiler child.
     Compile(CompileArgs),
 }
 
@@ -113,6 +113,9 @@ struct CheckArgs {
     /// Longest the component may take to compile [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration)]
     compile_timeout: Option<Duration>,
+    /// Accept precompiled code from `zkrun compile`
+    #[arg(long)]
+    trust_precompiled: bool,
 }
 
 /// Parses the command line and runs the command; returns the exit code.
@@ -157,6 +160,7 @@ async fn serve(settings: RunSettings) -> u8 {
         participant: settings.id.clone(),
         compile: CompileLimits {
             cache: settings.cache_dir.clone(),
+            trust_precompiled: settings.trust_precompiled,
             max_size: settings.max_component_size as u64,
             timeout: settings.compile_timeout,
             compiler: child_compiler(),
@@ -313,6 +317,7 @@ fn check(args: CheckArgs) -> u8 {
         compile: CompileLimits {
             // check compiles afresh: it says how long compiling takes.
             cache: None,
+            trust_precompiled: args.trust_precompiled,
             max_size: args.max_component_size.map_or(defaults.compile.max_size, |n| n as u64),
             timeout: args.compile_timeout.unwrap_or(defaults.compile.timeout),
             compiler: child_compiler(),

@@ -50,6 +50,8 @@ pub struct RunSettings {
     pub compile_timeout: Duration,
     /// The compiled-code cache, if any.
     pub cache_dir: Option<PathBuf>,
+    /// Whether `--plugin` may be precompiled code.
+    pub trust_precompiled: bool,
     /// Limits on the election's fenced state.
     pub state_quota: StateQuota,
     /// The plugin's configuration.
@@ -103,6 +105,9 @@ pub struct RunArgs {
     /// Compile the plugin at every start and reload, caching nothing
     #[arg(long)]
     pub no_cache: bool,
+    /// Accept a plugin precompiled by `zkrun compile` (native code: only from a build you trust)
+    #[arg(long)]
+    pub trust_precompiled: bool,
     /// Most keys the election's fenced state may hold [default: 1000]
     #[arg(long, value_name = "N")]
     pub state_max_keys: Option<usize>,
@@ -170,6 +175,8 @@ struct PluginSection {
     max_component_size: Option<String>,
     compile_timeout: Option<String>,
     cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    trust_precompiled: bool,
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
@@ -345,6 +352,7 @@ impl RunArgs {
             max_component_size,
             compile_timeout,
             cache_dir,
+            trust_precompiled: self.trust_precompiled || file.plugin.trust_precompiled,
             state_quota,
             plugin_config,
             grants,
