@@ -391,3 +391,121 @@ fn frozen_leader_knows_its_lease_ran_out() {
     });
     assert!(peer.election.stats().sessions >= 2);
 }
+
+/// One participant's lease as it logged it: grants (`lease` events) and
+/// revocations (`Suspended`/`Demoted` events), on the machine-wide clock.
+#[derive(Clone, Copy, Debug)]
+enum LeaseMark {
+    /// Leader work allowed from `at` until `until` (or the next mark).
+    Granted { at: u64, until: u64 },
+    /// Leader work stopped at `at`.
+    Revoked { at: u64 },
+}
+
+impl LeaseMark {
+    fn at(&self) -> u64 {
+        match *self {
+            LeaseMark::Granted { at, .. } | LeaseMark::Revoked { at } => at,
+        }
+    }
+}
+
+fn field_u64(record: &zkrun_tests::capture::Record, name: &str) -> Option<u64> {
+    record.get(name).parse().ok()
+}
+
+/// The lease marks of `term`, in the order they were logged.
+fn lease_marks(records: &[zkrun_tests::capture::Record], term: Term) -> Vec<LeaseMark> {
+    let revoked = [format!("Suspended {{ term: {term:?} }}"), format!("Demoted {{ term: {term:?},")];
+    let mut marks: Vec<LeaseMark> = records
+        .iter()
+        .filter_map(|r| {
+            let at = field_u64(r, "mono_ns")?;
+            if r.get("event") == "lease" && field_u64(r, "term") == Some(term.0) {
+                return Some(LeaseMark::Granted { at, until: field_u64(r, "lease_end_ns")? });
+            }
+            let event = r.get("event");
+            revoked
+                .iter()
+                .any(|prefix| event.starts_with(prefix.as_str()))
+                .then_some(LeaseMark::Revoked { at })
+        })
+        .collect();
+    marks.sort_by_key(LeaseMark::at);
+    marks
+}
+
+/// When the lease of `term` last allowed leader work, per its own marks.
+fn lease_over_at(marks: &[LeaseMark]) -> u64 {
+    let mut over = 0;
+    for (i, mark) in marks.iter().enumerate() {
+        if let LeaseMark::Granted { until, .. } = *mark {
+            let next = marks.get(i + 1).map_or(u64::MAX, LeaseMark::at);
+            over = over.max(until.min(next));
+        }
+    }
+    over
+}
+
+/// Issue 12, item 1. The leader hears of everything 600 ms late (its
+/// renewals still commit) and an operator deletes its election node. The
+/// next in line must not lead until the old leader has stood down (removed
+/// its lease node) or its lease deadline has passed: the old lease, as the
+/// old leader itself logged it, ends before the new one starts.
+#[test]
+fn a_slow_hearing_leader_stops_before_its_successor_starts() {
+    let ensemble = Ensemble::start();
+    let path = "/zkrun/e/slow-hearing";
+    let proxy = Proxy::start(&ensemble.client_addrs());
+    // Everything runs on this thread, so the capture sees both participants.
+    let (logs, _guard) = zkrun_tests::capture::capture();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (old_term, new_term) = runtime.block_on(async {
+        let mut slow = Peer::join(&proxy.connect_string(), path, "slow", SESSION);
+        let old_term = slow.wait_elected(SOON).await;
+        let mut next = Peer::join(&ensemble.connect_string(), path, "next", SESSION);
+        next.wait_event("Joined", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
+        wait_for_state(&next, SOON, |s| matches!(s, ElectionState::Follower { position: 1, .. })).await;
+
+        proxy.delay_downstream(Duration::from_millis(600));
+        // Renewals still commit: the slow leader keeps leading.
+        tokio::time::sleep(SESSION / 2).await;
+        slow.drain();
+        assert!(slow.election.confirmed().is_some(), "{:?}", slow.events_seen());
+        assert!(!slow.events_seen().iter().any(|e| matches!(e, LeadershipEvent::Demoted { .. })));
+
+        let client = operator(&ensemble).await;
+        client.delete(&format!("{path}/{}", slow.node().unwrap()), None).await.unwrap();
+        let new_term = next.wait_elected(SOON).await;
+        let demoted =
+            slow.wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
+        assert_eq!(demoted, LeadershipEvent::Demoted { term: old_term, reason: DemoteReason::NodeDeleted });
+        // Having stood down, the old leader removes its lease node too.
+        let old_node = slow.node().unwrap();
+        let old_lease = format!("{path}/zkrun-lease-{}", old_node.rsplit_once("latch-").unwrap().1);
+        zkrun_tests::wait_for_async("the old lease node to go", SOON, || {
+            let exists = client.check_stat(&old_lease);
+            async move { exists.await.unwrap().is_none().then_some(()) }
+        })
+        .await;
+        (old_term, new_term)
+    });
+    let records = logs.events();
+    let old = lease_marks(&records, old_term);
+    let new = lease_marks(&records, new_term);
+    let new_start = new.first().map(LeaseMark::at).expect("the new leader logged its lease");
+    let old_over = lease_over_at(&old);
+    assert!(
+        old_over <= new_start,
+        "two leaders for {} ms: the old lease ran until {old_over}, the new one began at {new_start}\nold: {old:?}",
+        (old_over - new_start) / 1_000_000
+    );
+}
+
+async fn wait_for_state(peer: &Peer, timeout: Duration, pred: impl Fn(&ElectionState) -> bool) {
+    zkrun_tests::wait_for_async("a state", timeout, || {
+        let ok = pred(&peer.election.state());
+        async move { ok.then_some(()) }
+    })
+    .await;
+}

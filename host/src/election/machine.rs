@@ -112,6 +112,26 @@ impl LeaderLease {
     }
 }
 
+/// What a participant knows of the lease node of the node ahead of it.
+#[derive(Clone, Copy, Debug)]
+enum AheadLease {
+    /// There is none. A zkrun participant creates its lease node before it
+    /// leads, and removes it only after it stood down, so the node ahead
+    /// does not lead (or is a Curator participant, which has no lease).
+    Absent,
+    /// There is one: the node ahead leads, or has not stood down yet.
+    Held(LeaderLease),
+}
+
+impl AheadLease {
+    fn held(self) -> Option<LeaderLease> {
+        match self {
+            AheadLease::Absent => None,
+            AheadLease::Held(lease) => Some(lease),
+        }
+    }
+}
+
 /// What the next in line knows of the leader's node after waking up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LeaderLeft {
@@ -226,7 +246,10 @@ impl Machine {
     }
 
     fn emit(&self, event: LeadershipEvent) {
-        debug!(?event, "leadership event");
+        // `mono_ns`: when it happened on the machine-wide clock, so tests
+        // can order the events of several participants without trusting
+        // when they read them.
+        debug!(?event, mono_ns = clock::monotonic_ns(), "leadership event");
         let _ = self.events.send(event);
     }
 
@@ -570,7 +593,7 @@ impl Machine {
             let fast = warm.filter(|proof| {
                 left != LeaderLeft::No && timing.lease_end(*proof) > Instant::now() + timing.refresh
             });
-            if let (Some(proof), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
+            if let (Some(_), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
                 match ready_now(watch) {
                     None => {
                         // Our last look showed only the leader ahead; nodes
@@ -579,7 +602,7 @@ impl Machine {
                             mono_ns = crate::clock::monotonic_ns(),
                             "the leader's node went before ours; leading on the warm proof"
                         );
-                        return self.lead(session, node, proof).await;
+                        return self.take_lead(session, node).await;
                     }
                     Some(event) if event.event_type == zk::EventType::NodeDeleted => {
                         return Ok(own_node_gone(node));
@@ -621,7 +644,14 @@ impl Machine {
                 return Ok(Rejoin::Now);
             };
             if position == 0 {
-                return self.lead(session, node, look.at).await;
+                // First in line; but a lease node of an earlier leader means
+                // that leader has not stood down yet (it removes its lease
+                // node only after it stopped its job).
+                if let Some(lease) = standing_lease(&look.children, node) {
+                    self.await_stand_down(session, &parent, &lease).await?;
+                    continue;
+                }
+                return self.take_lead(session, node).await;
             }
             let ahead = order[position - 1].1.to_string();
             let ahead_path = format!("{parent}/{ahead}");
@@ -642,21 +672,22 @@ impl Machine {
                     continue;
                 }
             };
-            let (mut lease_changed, mut leader) = match watch_lease(&session.client, &ahead_lease).await {
-                // The node ahead leads, but we did not see ourselves next in
-                // line: our look predates its election, so look again. (Once:
-                // a lease node can outlive a term whose node an operator
-                // deleted, until its session ends.)
-                Ok((_, Some(_))) if !next_in_line && !relooked => {
-                    relooked = true;
-                    continue;
-                }
-                Ok((watch, lease)) => (watch, lease.filter(|_| next_in_line)),
-                Err(err) => {
-                    self.recover(session, err).await?;
-                    continue;
-                }
-            };
+            let (mut lease_changed, mut leader) =
+                match watch_lease(&session.client, &ahead_lease, timing).await {
+                    // The node ahead leads, but we did not see ourselves next in
+                    // line: our look predates its election, so look again. (Once:
+                    // a lease node can outlive a term whose node an operator
+                    // deleted, until its leader hears of it.)
+                    Ok((_, AheadLease::Held(_))) if !next_in_line && !relooked => {
+                        relooked = true;
+                        continue;
+                    }
+                    Ok((watch, lease)) => (watch, lease.held().filter(|_| next_in_line)),
+                    Err(err) => {
+                        self.recover(session, err).await?;
+                        continue;
+                    }
+                };
             relooked = false;
             if next_in_line && own_watch.is_none() {
                 match watch_own(&session.client, &node.path).await {
@@ -670,6 +701,8 @@ impl Machine {
             }
             warm = if next_in_line && fast.is_none() { Some(look.at) } else { warm.filter(|_| next_in_line) };
             let mut refresh: Option<LookFuture> = None;
+            // The leader's node is gone, but not (yet) its lease node.
+            let mut ahead_gone = false;
             loop {
                 let refresh_at = warm.map(|proof| proof + timing.refresh).unwrap_or_else(Instant::now);
                 let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
@@ -697,7 +730,45 @@ impl Machine {
                         if event.event_type == zk::EventType::NodeDeleted {
                             self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
                             if next_in_line {
-                                leader_left = LeaderLeft::Certainly;
+                                // Did the leader stand down, or was its node
+                                // deleted under it (an operator) while it
+                                // still works? Its lease node tells: a
+                                // leader removes it with its node, or right
+                                // after it stopped its job. A change of it
+                                // notified before this deletion is ready now.
+                                let lease = match ready_now(&mut lease_changed) {
+                                    None => leader.map_or(AheadLease::Absent, AheadLease::Held),
+                                    Some(event) if event.event_type == zk::EventType::NodeDeleted => {
+                                        lease_changed = Box::pin(std::future::pending());
+                                        AheadLease::Absent
+                                    }
+                                    Some(_) => match watch_lease(&session.client, &ahead_lease, timing).await {
+                                        Ok((watch, lease)) => {
+                                            lease_changed = watch;
+                                            lease
+                                        }
+                                        Err(err) => {
+                                            self.recover(session, err).await?;
+                                            warm = None;
+                                            break;
+                                        }
+                                    },
+                                };
+                                match lease {
+                                    AheadLease::Absent => leader_left = LeaderLeft::Certainly,
+                                    AheadLease::Held(lease) => {
+                                        info!(
+                                            event = "awaiting_stand_down",
+                                            node = %ahead,
+                                            mono_ns = clock::monotonic_ns(),
+                                            "the leader's node is gone but not its lease node: waiting until the lease node goes or the leader's deadline passes"
+                                        );
+                                        leader = Some(lease);
+                                        ahead_gone = true;
+                                        ahead_changed = Box::pin(std::future::pending());
+                                        continue;
+                                    }
+                                }
                             }
                         }
                         break;
@@ -708,10 +779,15 @@ impl Machine {
                             break;
                         }
                         // A renewal (or the lease's first write): note when.
-                        match watch_lease(&session.client, &ahead_lease).await {
+                        match watch_lease(&session.client, &ahead_lease, timing).await {
                             Ok((watch, lease)) => {
                                 lease_changed = watch;
-                                leader = lease;
+                                leader = lease.held();
+                                if ahead_gone && leader.is_none() {
+                                    // The leader stood down.
+                                    leader_left = LeaderLeft::Certainly;
+                                    break;
+                                }
                             }
                             Err(err) => {
                                 self.recover(session, err).await?;
@@ -736,6 +812,13 @@ impl Machine {
                     }
                     _ = sleep_until(takeover_at.unwrap_or_else(Instant::now).into()), if takeover_at.is_some() => {
                         let lease = leader.take().expect("a takeover needs the leader's lease");
+                        if ahead_gone {
+                            // Its node went long ago, and by now it has
+                            // demoted itself: its lease node is litter.
+                            self.clear_stale_lease(session, &ahead_lease, &lease).await;
+                            leader_left = LeaderLeft::Certainly;
+                            break;
+                        }
                         match self.take_over(session, &parent, &ahead_path, &ahead_lease, &lease).await? {
                             Takeover::Done => {
                                 leader_left = LeaderLeft::Certainly;
@@ -815,9 +898,46 @@ impl Machine {
         }
     }
 
+    /// First in line, and every earlier leader has stood down: create our
+    /// lease node, then lead.
+    ///
+    /// The lease node comes first because it is how the next in line tells
+    /// "the leader stood down" (no lease node) from "the leader's node was
+    /// deleted under it" (a lease node left): a zkrun leader never leads
+    /// without one. The create is checked against our own node, and as a
+    /// quorum write answered it is a proof of its own.
+    async fn take_lead(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
+        let record = lease_record(node, &session.timing);
+        let mut create = true;
+        let proof = loop {
+            match start_renewal(&session.client, node, &record, create).await {
+                Ok(Renewal::Renewed(at)) => break at,
+                // Created by an attempt whose answer was lost: write it.
+                Ok(Renewal::Retry { create: again }) => create = again,
+                Ok(Renewal::NodeGone) => {
+                    self.delete_lease(session, node).await?;
+                    return Ok(own_node_gone(node));
+                }
+                Err(err) => self.recover(session, err).await?,
+            }
+        };
+        if let Some((rejoin_after, done)) = self.resign_pending.take() {
+            self.delete_own(session, node, true).await?;
+            let _ = done.send(());
+            return Ok(Rejoin::After(rejoin_after));
+        }
+        self.lead(session, node, proof, record).await
+    }
+
     /// Leads until the term ends; keeps the lease fresh and enforces the
     /// deadline. Returns how to rejoin, or why the session must go.
-    async fn lead(&mut self, session: &mut Session, node: &OwnNode, proof: Instant) -> Result<Rejoin, Exit> {
+    async fn lead(
+        &mut self,
+        session: &mut Session,
+        node: &OwnNode,
+        proof: Instant,
+        record: Vec<u8>,
+    ) -> Result<Rejoin, Exit> {
         let term = node.term;
         let timing = session.timing;
         let mut proof = proof;
@@ -830,19 +950,13 @@ impl Machine {
             "leading"
         );
 
-        // The first renewal, right away, creates our lease node: the one
-        // behind us sees it appear and follows our renewals from then on.
-        let record = LeaseRecord { node: node.name.clone(), deadline_ms: timing.deadline.as_millis() as u64 }
-            .to_bytes();
-        let mut create_lease = true;
-        let mut refresh: Option<RenewalFuture> =
-            Some(start_renewal(&session.client, node, &record, create_lease));
+        // Our lease node exists (take_lead created it): the one behind us
+        // follows our renewals from now on.
+        let mut create_lease = false;
+        let mut refresh: Option<RenewalFuture> = None;
         let mut own_watch = match watch_own(&session.client, &node.path).await {
             Ok(Some(watch)) => watch,
-            Ok(None) => {
-                self.demote(term, DemoteReason::NodeDeleted);
-                return Ok(Rejoin::Now);
-            }
+            Ok(None) => return self.lost_node(session, node).await,
             Err(_) => Box::pin(std::future::pending()),
         };
         let mut suspended = false;
@@ -905,21 +1019,13 @@ impl Machine {
                     }
                 },
                 event = &mut own_watch => match event.event_type {
-                    zk::EventType::NodeDeleted => {
-                        self.demote(term, DemoteReason::NodeDeleted);
-                        // Our lease node would otherwise outlive the term.
-                        let _ = session.client.delete(&node.lease_path(), None).await;
-                        return Ok(Rejoin::Now);
-                    }
+                    zk::EventType::NodeDeleted => return self.lost_node(session, node).await,
                     // Session events are handled by the state watcher above.
                     zk::EventType::Session => own_watch = Box::pin(std::future::pending()),
                     _ => {
                         own_watch = match watch_own(&session.client, &node.path).await {
                             Ok(Some(watch)) => watch,
-                            Ok(None) => {
-                                self.demote(term, DemoteReason::NodeDeleted);
-                                return Ok(Rejoin::Now);
-                            }
+                            Ok(None) => return self.lost_node(session, node).await,
                             Err(_) => Box::pin(std::future::pending()),
                         };
                     }
@@ -942,10 +1048,7 @@ impl Machine {
                             create_lease = create;
                             refresh = Some(start_renewal(&session.client, node, &record, create_lease));
                         }
-                        Ok(Renewal::NodeGone) => {
-                            self.demote(term, DemoteReason::NodeDeleted);
-                            return Ok(Rejoin::Now);
-                        }
+                        Ok(Renewal::NodeGone) => return self.lost_node(session, node).await,
                         Err(zk::Error::SessionExpired) => {
                             self.demote(term, DemoteReason::SessionExpired);
                             return Err(Exit::SessionLost);
@@ -970,6 +1073,85 @@ impl Machine {
                     refresh = Some(start_renewal(&session.client, node, &record, create_lease));
                 }
             }
+        }
+    }
+
+    /// Our node was deleted under us while we led (an operator, or a
+    /// takeover): stand down, and only then remove our lease node. Until it
+    /// is gone the next in line holds back, since a lease node without its
+    /// election node means a leader that may still be working.
+    async fn lost_node(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
+        self.demote(node.term, DemoteReason::NodeDeleted);
+        self.delete_lease(session, node).await?;
+        Ok(own_node_gone(node))
+    }
+
+    /// Deletes our lease node (if any), riding out connection loss for as
+    /// long as the session could still be alive.
+    async fn delete_lease(&mut self, session: &mut Session, node: &OwnNode) -> Result<(), Exit> {
+        let give_up = Instant::now() + session.timing.deadline;
+        loop {
+            match session.client.delete(&node.lease_path(), None).await {
+                Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
+                Err(zk::Error::ConnectionLoss) if Instant::now() < give_up => {
+                    match tokio::time::timeout_at(give_up.into(), self.await_connected(session)).await {
+                        Ok(result) => result?,
+                        Err(_) => return Err(Exit::SessionLost),
+                    }
+                }
+                // The session is gone (or must go), and the lease node with it.
+                Err(_) => return Err(Exit::SessionLost),
+            }
+        }
+    }
+
+    /// First in line, but the lease node `lease` of an earlier leader is
+    /// still there: that leader has not stood down (or could not remove
+    /// it). Waits until it goes, or until its holder's deadline has passed
+    /// since its last renewal we saw (then removes it); the caller looks again.
+    async fn await_stand_down(
+        &mut self,
+        session: &mut Session,
+        parent: &str,
+        lease: &str,
+    ) -> Result<(), Exit> {
+        let path = format!("{parent}/{lease}");
+        let (changed, held) = match watch_lease(&session.client, &path, session.timing).await {
+            Ok((changed, AheadLease::Held(held))) => (changed, held),
+            Ok((_, AheadLease::Absent)) => return Ok(()),
+            Err(err) => return self.recover(session, err).await,
+        };
+        info!(
+            event = "awaiting_stand_down",
+            lease,
+            mono_ns = clock::monotonic_ns(),
+            "first in line, but an earlier leader's lease node is still there: waiting until it goes or its deadline passes"
+        );
+        tokio::select! {
+            biased;
+            state = session.states.changed() => {
+                if state.is_terminated() {
+                    return Err(Exit::SessionLost);
+                }
+            }
+            command = self.commands.recv() => self.defer(command)?,
+            _ = changed => {}
+            _ = sleep_until(held.takeover_at().into()) => self.clear_stale_lease(session, &path, &held).await,
+        }
+        Ok(())
+    }
+
+    /// Removes an earlier leader's lease node once its deadline has passed,
+    /// so nobody waits on it again; a renewal since (the version moved)
+    /// wins. Best effort: if it stays, the next look waits on it again.
+    async fn clear_stale_lease(&mut self, session: &mut Session, path: &str, held: &LeaderLease) {
+        match session.client.delete(path, Some(held.version)).await {
+            Ok(()) => info!(
+                event = "stale_lease_removed",
+                lease = path,
+                "removed the lease node of a leader past its deadline"
+            ),
+            Err(err) => debug!(lease = path, error = %err, "could not remove a stale lease node"),
         }
     }
 
@@ -1059,19 +1241,20 @@ fn start_look(client: &zk::Client, parent: &str, own: &str) -> LookFuture {
 async fn watch_lease(
     client: &zk::Client,
     path: &str,
-) -> Result<(WatchFuture, Option<LeaderLease>), zk::Error> {
+    timing: Timing,
+) -> Result<(WatchFuture, AheadLease), zk::Error> {
     loop {
         match client.get_and_watch_data(path).await {
             Ok((data, stat, watcher)) => {
-                let lease = LeaseRecord::from_bytes(&data).map(|record| LeaderLease {
-                    version: stat.version,
-                    seen_at: Instant::now(),
-                    deadline: Duration::from_millis(record.deadline_ms),
-                });
-                return Ok((Box::pin(watcher.changed()), lease));
+                // A lease node we cannot read is still a lease node: assume
+                // a deadline as long as our own session timeout.
+                let deadline = LeaseRecord::from_bytes(&data)
+                    .map_or(timing.session_timeout, |record| Duration::from_millis(record.deadline_ms));
+                let lease = LeaderLease { version: stat.version, seen_at: Instant::now(), deadline };
+                return Ok((Box::pin(watcher.changed()), AheadLease::Held(lease)));
             }
             Err(zk::Error::NoNode) => match client.check_and_watch_stat(path).await? {
-                (None, watcher) => return Ok((Box::pin(watcher.changed()), None)),
+                (None, watcher) => return Ok((Box::pin(watcher.changed()), AheadLease::Absent)),
                 // Created in between: read it.
                 (Some(_), _) => continue,
             },
@@ -1122,6 +1305,18 @@ fn start_renewal(client: &zk::Client, node: &OwnNode, record: &[u8], create: boo
             Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
         }
     })
+}
+
+/// The first lease node among `children` that is not `own`'s: an earlier
+/// leader's, which has not stood down yet (or could not remove it).
+fn standing_lease(children: &[String], own: &OwnNode) -> Option<String> {
+    let ours = node::lease_name(&own.name);
+    children.iter().find(|c| node::is_lease_name(c) && Some(c.as_str()) != ours.as_deref()).cloned()
+}
+
+/// What our lease node holds while we lead under `timing`.
+fn lease_record(node: &OwnNode, timing: &Timing) -> Vec<u8> {
+    LeaseRecord { node: node.name.clone(), deadline_ms: timing.deadline.as_millis() as u64 }.to_bytes()
 }
 
 /// Our election node vanished under a live session (an operator): join again.

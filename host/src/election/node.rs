@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// The lock name Curator's `LeaderLatch` uses; the sequence follows it.
 const LATCH: &str = "latch-";
 
+/// The prefix of lease node names; the leader's sequence follows it.
+const LEASE: &str = "zkrun-lease-";
+
 /// The protected prefix of every node this process creates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
@@ -68,7 +71,13 @@ pub fn in_order(children: &[String]) -> Vec<(i64, &str)> {
 /// participant node and never take it for one.
 pub fn lease_name(node: &str) -> Option<String> {
     let at = node.rfind(LATCH)?;
-    Some(format!("zkrun-lease-{}", &node[at + LATCH.len()..]))
+    Some(format!("{LEASE}{}", &node[at + LATCH.len()..]))
+}
+
+/// Whether `name` is a lease node's name (`zkrun-lease-<sequence>`).
+pub fn is_lease_name(name: &str) -> bool {
+    name.strip_prefix(LEASE)
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// What a zkrun leader keeps in its lease node, renewed every refresh.
@@ -170,6 +179,8 @@ mod tests {
         let node = "_c_1234-latch-0000000042";
         let lease = lease_name(node).unwrap();
         assert_eq!(lease, "zkrun-lease-0000000042");
+        assert!(is_lease_name(&lease));
+        assert!(!is_lease_name(node) && !is_lease_name("zkrun-lease-") && !is_lease_name("state"));
         assert_eq!(sequence(&lease), None);
         // Curator compares names without `latch-` whole: after any digits.
         assert!(lease.as_str() > "9999999999");
