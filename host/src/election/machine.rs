@@ -18,6 +18,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
+use super::link::Link;
 use super::node::{self, LeaseRecord, Protection};
 use super::timing::{Backoff, Timing};
 use super::{
@@ -58,7 +59,8 @@ struct Session {
     client: zk::Client,
     /// What our election node holds.
     data: Vec<u8>,
-    states: zk::StateWatcher,
+    /// The one owner of connection-state changes (see `link.rs`).
+    link: Link,
     id: i64,
     timing: Timing,
     started: Instant,
@@ -85,8 +87,25 @@ impl OwnNode {
 /// as fresh as the ensemble's leader at `at` (when the sync was sent).
 struct Look {
     at: Instant,
+    /// The connection generation the sync was sent in.
+    generation: u64,
     children: Vec<String>,
     own: Option<zk::Stat>,
+}
+
+impl Look {
+    /// The proof this look gives.
+    fn proof(&self) -> Proof {
+        Proof { at: self.at, generation: self.generation }
+    }
+}
+
+/// A sync this host sent and the ensemble answered: the session was alive
+/// at `at`, and reads behind it were current, on connection `generation`.
+#[derive(Clone, Copy, Debug)]
+struct Proof {
+    at: Instant,
+    generation: u64,
 }
 
 type LookFuture = Pin<Box<dyn Future<Output = Result<Look, zk::Error>> + Send>>;
@@ -151,6 +170,8 @@ enum Takeover {
     Renewed(LeaderLease),
     /// The leader's node is gone already.
     Gone,
+    /// Our own node is gone: we are not in line any more.
+    OwnGone,
 }
 type WatchFuture = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>;
 
@@ -377,9 +398,9 @@ impl Machine {
             timeout_ms = negotiated.as_millis() as u64,
             "ZooKeeper session established"
         );
-        let states = client.state_watcher();
+        let link = Link::new(client.state_watcher());
         let data = self.config.participant.to_bytes();
-        Ok(Session { client, data, states, id, timing, started: Instant::now() })
+        Ok(Session { client, data, link, id, timing, started: Instant::now() })
     }
 
     /// Closes a session (which deletes any ephemeral node left). The library
@@ -387,7 +408,8 @@ impl Machine {
     /// that so nothing lingers until the session would expire.
     async fn close(&mut self, session: Session) {
         self.revoke(false);
-        let Session { client, mut states, .. } = session;
+        let Session { client, link, .. } = session;
+        let mut states = link.into_watcher();
         drop(client);
         let closing = async {
             while !states.peek_state().is_terminated() {
@@ -432,13 +454,13 @@ impl Machine {
 
     async fn await_connected(&mut self, session: &mut Session) -> Result<(), Exit> {
         loop {
-            match session.states.peek_state() {
+            match session.link.state() {
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => return Ok(()),
                 state if state.is_terminated() => return Err(Exit::SessionLost),
                 _ => {}
             }
             tokio::select! {
-                _ = session.states.changed() => {}
+                _ = session.link.changed() => {}
                 command = self.commands.recv() => self.defer(command)?,
             }
         }
@@ -574,7 +596,7 @@ impl Machine {
         let parent = self.config.path.clone();
         let timing = session.timing;
         // A proof (send time of a sync answered) while next in line.
-        let mut warm: Option<Instant> = None;
+        let mut warm: Option<Proof> = None;
         let mut leader_left = LeaderLeft::No;
         // While next in line: a watch on our own node. The ensemble notifies
         // changes in the order it applied them, on one connection, so if the
@@ -588,10 +610,15 @@ impl Machine {
                 let _ = done.send(());
                 return Ok(Rejoin::After(rejoin_after));
             }
-            // Act on the warm proof only while it leaves most of a lease.
+            // Act on the warm proof only while it leaves most of a lease,
+            // and only on the connection it was taken on: across a
+            // reconnect, notifications may have been lost or reordered.
             let left = std::mem::replace(&mut leader_left, LeaderLeft::No);
+            let generation = session.link.generation();
             let fast = warm.filter(|proof| {
-                left != LeaderLeft::No && timing.lease_end(*proof) > Instant::now() + timing.refresh
+                left != LeaderLeft::No
+                    && proof.generation == generation
+                    && timing.lease_end(proof.at) > Instant::now() + timing.refresh
             });
             if let (Some(_), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
                 match ready_now(watch) {
@@ -612,11 +639,8 @@ impl Machine {
                 }
             }
             let looked = match fast {
-                Some(proof) => read_children(&session.client, &parent, &node.path).await.map(|mut l| {
-                    l.at = proof;
-                    l
-                }),
-                None => look(&session.client, &parent, &node.path, true).await,
+                Some(proof) => read_children(&session.client, proof, &parent, &node.path).await,
+                None => look(&session.client, generation, &parent, &node.path, true).await,
             };
             let look = match looked {
                 Ok(look) => {
@@ -699,19 +723,23 @@ impl Machine {
                     }
                 }
             }
-            warm = if next_in_line && fast.is_none() { Some(look.at) } else { warm.filter(|_| next_in_line) };
+            warm = if next_in_line && fast.is_none() {
+                Some(look.proof())
+            } else {
+                warm.filter(|_| next_in_line)
+            };
             let mut refresh: Option<LookFuture> = None;
             // The leader's node is gone, but not (yet) its lease node.
             let mut ahead_gone = false;
             loop {
-                let refresh_at = warm.map(|proof| proof + timing.refresh).unwrap_or_else(Instant::now);
+                let refresh_at = warm.map(|proof| proof.at + timing.refresh).unwrap_or_else(Instant::now);
                 let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
                 // Biased: a change of connection (after which notifications
                 // may come out of order) and our own node's deletion are
                 // seen before the leader's deletion that arrived with them.
                 tokio::select! {
                     biased;
-                    state = session.states.changed() => {
+                    state = session.link.changed() => {
                         if state.is_terminated() {
                             return Err(Exit::SessionLost);
                         }
@@ -803,12 +831,12 @@ impl Machine {
                     result = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
                         refresh = None;
                         warm = match result {
-                            Ok(look) if look.own.is_some_and(|stat| stat.ephemeral_owner == session.id) => Some(look.at),
+                            Ok(look) if look.own.is_some_and(|stat| stat.ephemeral_owner == session.id) => Some(look.proof()),
                             _ => None,
                         };
                     }
                     _ = sleep_until(refresh_at.into()), if next_in_line && refresh.is_none() => {
-                        refresh = Some(start_look(&session.client, &parent, &node.path));
+                        refresh = Some(start_look(&session.client, session.link.generation(), &parent, &node.path));
                     }
                     _ = sleep_until(takeover_at.unwrap_or_else(Instant::now).into()), if takeover_at.is_some() => {
                         let lease = leader.take().expect("a takeover needs the leader's lease");
@@ -819,7 +847,7 @@ impl Machine {
                             leader_left = LeaderLeft::Certainly;
                             break;
                         }
-                        match self.take_over(session, &parent, &ahead_path, &ahead_lease, &lease).await? {
+                        match self.take_over(session, node, &parent, &ahead_path, &ahead_lease, &lease).await? {
                             Takeover::Done => {
                                 leader_left = LeaderLeft::Certainly;
                                 break;
@@ -830,6 +858,7 @@ impl Machine {
                                 break;
                             }
                             Takeover::Renewed(renewed) => leader = Some(renewed),
+                            Takeover::OwnGone => return Ok(own_node_gone(node)),
                         }
                     }
                 }
@@ -846,6 +875,7 @@ impl Machine {
     async fn take_over(
         &mut self,
         session: &mut Session,
+        own: &OwnNode,
         parent: &str,
         leader_path: &str,
         lease_path: &str,
@@ -867,10 +897,13 @@ impl Machine {
             return Ok(renewed(stat.version));
         }
         let mut multi = session.client.new_multi_writer();
+        // Last, a check that our own node is still there: a takeover on a
+        // stale view (our node deleted meanwhile) must not delete anything.
         let built = multi
             .add_check_version(lease_path, lease.version)
             .and_then(|()| multi.add_delete(leader_path, None))
-            .and_then(|()| multi.add_delete(lease_path, None));
+            .and_then(|()| multi.add_delete(lease_path, None))
+            .and_then(|()| multi.add_check_version(&own.path, -1));
         if built.is_err() {
             return Ok(renewed(lease.version));
         }
@@ -890,6 +923,7 @@ impl Machine {
             Err(zk::MultiWriteError::OperationFailed { index: 0, source: zk::Error::BadVersion }) => {
                 Ok(renewed(lease.version))
             }
+            Err(zk::MultiWriteError::OperationFailed { index: 3, .. }) => Ok(Takeover::OwnGone),
             Err(zk::MultiWriteError::OperationFailed { .. }) => Ok(Takeover::Gone),
             Err(zk::MultiWriteError::RequestFailed { source }) => {
                 self.recover(session, source).await?;
@@ -954,10 +988,12 @@ impl Machine {
         // follows our renewals from now on.
         let mut create_lease = false;
         let mut refresh: Option<RenewalFuture> = None;
+        // A watch on our own node; `None` while it could not be set (armed
+        // again at the next reconnection; renewals check the node meanwhile).
         let mut own_watch = match watch_own(&session.client, &node.path).await {
-            Ok(Some(watch)) => watch,
+            Ok(Some(watch)) => Some(watch),
             Ok(None) => return self.lost_node(session, node).await,
-            Err(_) => Box::pin(std::future::pending()),
+            Err(_) => None,
         };
         let mut suspended = false;
         let mut next_refresh = proof + timing.refresh;
@@ -995,7 +1031,7 @@ impl Machine {
                         }
                     };
                 }
-                state = session.states.changed() => match state {
+                state = session.link.changed() => match state {
                     zk::SessionState::Disconnected => {
                         refresh = None;
                         if !suspended {
@@ -1004,6 +1040,13 @@ impl Machine {
                         }
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        if own_watch.is_none() {
+                            own_watch = match watch_own(&session.client, &node.path).await {
+                                Ok(Some(watch)) => Some(watch),
+                                Ok(None) => return self.lost_node(session, node).await,
+                                Err(_) => None,
+                            };
+                        }
                         // Same session, maybe another server: renew right away.
                         if refresh.is_none() {
                             refresh = Some(start_renewal(&session.client, node, &record, create_lease));
@@ -1018,15 +1061,15 @@ impl Machine {
                         return Err(Exit::SessionLost);
                     }
                 },
-                event = &mut own_watch => match event.event_type {
+                event = async { own_watch.as_mut().unwrap().await }, if own_watch.is_some() => match event.event_type {
                     zk::EventType::NodeDeleted => return self.lost_node(session, node).await,
                     // Session events are handled by the state watcher above.
-                    zk::EventType::Session => own_watch = Box::pin(std::future::pending()),
+                    zk::EventType::Session => own_watch = Some(Box::pin(std::future::pending())),
                     _ => {
                         own_watch = match watch_own(&session.client, &node.path).await {
-                            Ok(Some(watch)) => watch,
+                            Ok(Some(watch)) => Some(watch),
                             Ok(None) => return self.lost_node(session, node).await,
-                            Err(_) => Box::pin(std::future::pending()),
+                            Err(_) => None,
                         };
                     }
                 },
@@ -1129,7 +1172,7 @@ impl Machine {
         );
         tokio::select! {
             biased;
-            state = session.states.changed() => {
+            state = session.link.changed() => {
                 if state.is_terminated() {
                     return Err(Exit::SessionLost);
                 }
@@ -1204,7 +1247,13 @@ impl Machine {
 /// Sends `sync`, then reads the children and our own node, pipelined on one
 /// connection: the reads are served after the sync, so they reflect every
 /// write the ensemble committed before `at`.
-async fn look(client: &zk::Client, parent: &str, own: &str, with_children: bool) -> Result<Look, zk::Error> {
+async fn look(
+    client: &zk::Client,
+    generation: u64,
+    parent: &str,
+    own: &str,
+    with_children: bool,
+) -> Result<Look, zk::Error> {
     let at = Instant::now();
     let sync = client.sync(parent);
     let children = with_children.then(|| client.list_children(parent));
@@ -1215,24 +1264,28 @@ async fn look(client: &zk::Client, parent: &str, own: &str, with_children: bool)
         None => Vec::new(),
     };
     let own = own.await?;
-    Ok(Look { at, children, own })
+    Ok(Look { at, generation, children, own })
 }
 
 /// Reads the children and our own node, without a `sync`: for a participant
 /// that holds a recent proof and was just told its predecessor is gone.
-async fn read_children(client: &zk::Client, parent: &str, own: &str) -> Result<Look, zk::Error> {
-    let at = Instant::now();
+async fn read_children(
+    client: &zk::Client,
+    proof: Proof,
+    parent: &str,
+    own: &str,
+) -> Result<Look, zk::Error> {
     let children = client.list_children(parent);
     let own = client.check_stat(own);
     let children = children.await?;
     let own = own.await?;
-    Ok(Look { at, children, own })
+    Ok(Look { at: proof.at, generation: proof.generation, children, own })
 }
 
-fn start_look(client: &zk::Client, parent: &str, own: &str) -> LookFuture {
+fn start_look(client: &zk::Client, generation: u64, parent: &str, own: &str) -> LookFuture {
     let client = client.clone();
     let (parent, own) = (parent.to_string(), own.to_string());
-    Box::pin(async move { look(&client, &parent, &own, false).await })
+    Box::pin(async move { look(&client, generation, &parent, &own, false).await })
 }
 
 /// Watches the lease node of the node ahead. If it exists (the node ahead

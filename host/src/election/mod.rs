@@ -17,6 +17,7 @@
 //!     └──────────────── Demoted ◀──── deadline / expiry ────────────── Suspended
 //! ```
 
+mod link;
 mod machine;
 pub mod node;
 pub mod timing;
