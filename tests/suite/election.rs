@@ -509,3 +509,28 @@ async fn wait_for_state(peer: &Peer, timeout: Duration, pred: impl Fn(&ElectionS
     })
     .await;
 }
+
+/// Issue 12, item 5. Sequence numbers restart when the election path is
+/// re-created; node names must not, or an old term's in-flight fenced write
+/// (checked against its node's path) could pass against a new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_never_reuses_a_node_name() {
+    let ensemble = Ensemble::start();
+    let path = "/zkrun/e/names";
+    let mut solo = Peer::join(&ensemble.connect_string(), path, "solo", SESSION);
+    solo.wait_elected(SOON).await;
+    let first = solo.node().unwrap();
+
+    let client = operator(&ensemble).await;
+    for child in client.list_children(path).await.unwrap() {
+        let _ = client.delete(&format!("{path}/{child}"), None).await;
+    }
+    client.delete(path, None).await.unwrap();
+    solo.wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
+    let rejoined =
+        solo.wait_event("Joined again", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
+    let LeadershipEvent::Joined { node: second, .. } = rejoined else { unreachable!() };
+    // Same sequence (the path was re-created), different name.
+    assert_eq!(second.rsplit_once("latch-").unwrap().1, first.rsplit_once("latch-").unwrap().1);
+    assert_ne!(second, first);
+}

@@ -7,6 +7,7 @@
 //! [`Machine::revoke`], always before the matching event is sent, so a caller
 //! can never see an event and still hold a stale lease.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
 /// How long a shutting-down participant waits between deleting its node and
 /// closing its session.
 const CLOSE_LINGER: Duration = Duration::from_millis(50);
+
+/// How many earlier joins' prefixes are remembered. Their nodes outlive a
+/// join by at most a session timeout, a few joins at most.
+const EARLIER_JOINS: usize = 16;
 
 /// A session that lived this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(60);
@@ -180,7 +185,12 @@ pub(super) struct Machine {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LeadershipEvent>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// The protected prefix of the current join: fresh for every join, kept
+    /// across retries of its create, so no node name (and so no fencing
+    /// path) is ever used twice, even where sequences restart.
     protection: Protection,
+    /// The prefixes of recent earlier joins, to clean up their nodes.
+    earlier: VecDeque<Protection>,
     reconnect: Backoff,
     /// A resign asked for while not leading, handled at the next look.
     resign_pending: Option<(Duration, oneshot::Sender<()>)>,
@@ -199,6 +209,7 @@ impl Machine {
             events,
             commands,
             protection: Protection::new(),
+            earlier: VecDeque::new(),
             reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             resign_pending: None,
         }
@@ -517,14 +528,22 @@ impl Machine {
         }
     }
 
-    /// Finds this process's node (from an interrupted create) or creates one.
+    /// Creates this join's node, or finds it again after an interrupted
+    /// create.
     ///
-    /// A node with our protected prefix but another session's `ephemeralOwner`
-    /// was left by an earlier session of ours: it would vanish under us, so it
-    /// is deleted rather than adopted. Only one node of ours ever survives.
+    /// Every join has a fresh protected prefix. A node with an earlier
+    /// join's prefix (or this join's, but another session's `ephemeralOwner`)
+    /// is a leftover of ours: it would vanish under us, so it is deleted
+    /// rather than adopted. Only one node of ours ever survives.
     async fn join(&mut self, session: &mut Session) -> Result<OwnNode, Exit> {
         let parent = self.config.path.clone();
         let data = session.data.clone();
+        // The default is a fresh random prefix.
+        let earlier = std::mem::take(&mut self.protection);
+        self.earlier.push_back(earlier);
+        if self.earlier.len() > EARLIER_JOINS {
+            self.earlier.pop_front();
+        }
         'attempt: loop {
             let children = match session.client.list_children(&parent).await {
                 Ok(children) => children,
@@ -538,12 +557,18 @@ impl Machine {
                 }
             };
             let mut kept: Option<OwnNode> = None;
-            let ours = node::in_order(&children).into_iter().filter(|(_, name)| self.protection.owns(name));
+            let ours = node::in_order(&children)
+                .into_iter()
+                .filter(|(_, name)| self.protection.owns(name) || self.earlier.iter().any(|p| p.owns(name)));
             let ours: Vec<(i64, String)> = ours.map(|(seq, name)| (seq, name.to_string())).collect();
             for (sequence, name) in ours {
                 let path = format!("{parent}/{name}");
                 match session.client.check_stat(&path).await {
-                    Ok(Some(stat)) if stat.ephemeral_owner == session.id && kept.is_none() => {
+                    Ok(Some(stat))
+                        if stat.ephemeral_owner == session.id
+                            && kept.is_none()
+                            && self.protection.owns(&name) =>
+                    {
                         debug!(node = %name, "found our node from an interrupted create");
                         kept = Some(OwnNode { name, path, sequence, term: Term(stat.czxid as u64) });
                     }

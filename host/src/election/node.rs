@@ -3,9 +3,11 @@
 //! Nodes are named the way Apache Curator's `LeaderLatch` names them,
 //! `_c_<uuid>-latch-<sequence>`, so zkrun and Curator participants can share
 //! one election: both order nodes by the sequence after `latch-`. The
-//! `_c_<uuid>-` prefix is unique to one zkrun process, which is what lets a
-//! create that was interrupted by a lost connection be found again instead of
-//! being retried blindly (Curator calls this "protection").
+//! `_c_<uuid>-` prefix is fresh for every join (kept across the retries of
+//! its one create), which is what lets a create that was interrupted by a
+//! lost connection be found again instead of being retried blindly (Curator
+//! calls this "protection"), and what keeps a node name, and so a fencing
+//! path, from ever being used twice, even where sequence numbers restart.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,14 +17,14 @@ const LATCH: &str = "latch-";
 /// The prefix of lease node names; the leader's sequence follows it.
 const LEASE: &str = "zkrun-lease-";
 
-/// The protected prefix of every node this process creates.
+/// The protected prefix of the node one join creates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
     prefix: String,
 }
 
 impl Protection {
-    /// A fresh random prefix for this process.
+    /// A fresh random prefix, for one join.
     pub fn new() -> Protection {
         Protection { prefix: format!("_c_{}-", uuid::Uuid::new_v4()) }
     }
@@ -32,7 +34,7 @@ impl Protection {
         format!("{}{LATCH}", self.prefix)
     }
 
-    /// Whether `node` was created by this process (in any session).
+    /// Whether `node` was created with this prefix.
     pub fn owns(&self, node: &str) -> bool {
         node.starts_with(&self.prefix)
     }
