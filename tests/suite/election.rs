@@ -521,11 +521,14 @@ async fn a_rejoin_never_reuses_a_node_name() {
     solo.wait_elected(SOON).await;
     let first = solo.node().unwrap();
 
+    // Children and path in one transaction, so the rejoin cannot land in between.
     let client = operator(&ensemble).await;
+    let mut multi = client.new_multi_writer();
     for child in client.list_children(path).await.unwrap() {
-        let _ = client.delete(&format!("{path}/{child}"), None).await;
+        multi.add_delete(&format!("{path}/{child}"), None).unwrap();
     }
-    client.delete(path, None).await.unwrap();
+    multi.add_delete(path, None).unwrap();
+    multi.commit().await.unwrap();
     solo.wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
     let rejoined =
         solo.wait_event("Joined again", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;

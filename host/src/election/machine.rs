@@ -25,7 +25,7 @@ use super::timing::{Backoff, Timing};
 use super::{
     Command, DemoteReason, ElectionConfig, ElectionState, Fence, LeadershipEvent, Lease, Shared, Term,
 };
-use crate::clock;
+use crate::clock::{self, Clock, Stamp};
 
 const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
 const EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
@@ -91,7 +91,7 @@ impl OwnNode {
 /// One consistent look at the election, taken right after a `sync`, so it is
 /// as fresh as the ensemble's leader at `at` (when the sync was sent).
 struct Look {
-    at: Instant,
+    at: Stamp,
     /// The connection generation the sync was sent in.
     generation: u64,
     children: Vec<String>,
@@ -109,7 +109,7 @@ impl Look {
 /// at `at`, and reads behind it were current, on connection `generation`.
 #[derive(Clone, Copy, Debug)]
 struct Proof {
-    at: Instant,
+    at: Stamp,
     generation: u64,
 }
 
@@ -286,7 +286,7 @@ impl Machine {
     }
 
     /// Records a fresh proof: leader work may run until the lease ends.
-    fn grant(&self, session: &Session, node: &OwnNode, proof: Instant) {
+    fn grant(&self, session: &Session, node: &OwnNode, proof: Stamp) {
         let lease = Lease { term: node.term, expires: session.timing.lease_end(proof) };
         *self.shared.lease.lock().unwrap() = Some(lease);
         // What this host now believes it may do, on the machine-wide clock:
@@ -294,8 +294,8 @@ impl Machine {
         debug!(
             event = "lease",
             term = node.term.0,
-            lease_end_ns = clock::instant_ns(lease.expires),
-            deadline_ns = clock::instant_ns(session.timing.demote_at(proof)),
+            lease_end_ns = lease.expires.monotonic_ns(),
+            deadline_ns = session.timing.demote_at(proof).monotonic_ns(),
             mono_ns = clock::monotonic_ns(),
             "lease granted"
         );
@@ -314,7 +314,7 @@ impl Machine {
         }
     }
 
-    fn elect(&self, session: &Session, node: &OwnNode, proof: Instant) {
+    fn elect(&self, session: &Session, node: &OwnNode, proof: Stamp) {
         self.grant(session, node, proof);
         self.set_state(ElectionState::Leader { term: node.term });
         self.emit(LeadershipEvent::Elected { term: node.term });
@@ -327,7 +327,7 @@ impl Machine {
         self.emit(LeadershipEvent::Suspended { term });
     }
 
-    fn resume(&self, session: &Session, node: &OwnNode, proof: Instant) {
+    fn resume(&self, session: &Session, node: &OwnNode, proof: Stamp) {
         self.grant(session, node, proof);
         self.set_state(ElectionState::Leader { term: node.term });
         self.emit(LeadershipEvent::Resumed { term: node.term });
@@ -640,10 +640,11 @@ impl Machine {
             // reconnect, notifications may have been lost or reordered.
             let left = std::mem::replace(&mut leader_left, LeaderLeft::No);
             let generation = session.link.generation();
+            let soon = self.shared.clock.now().after(timing.refresh);
             let fast = warm.filter(|proof| {
                 left != LeaderLeft::No
                     && proof.generation == generation
-                    && timing.lease_end(proof.at) > Instant::now() + timing.refresh
+                    && !timing.lease_end(proof.at).reached(soon)
             });
             if let (Some(_), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
                 match ready_now(watch) {
@@ -665,7 +666,9 @@ impl Machine {
             }
             let looked = match fast {
                 Some(proof) => read_children(&session.client, proof, &parent, &node.path).await,
-                None => look(&session.client, generation, &parent, &node.path, true).await,
+                None => {
+                    look(&session.client, &*self.shared.clock, generation, &parent, &node.path, true).await
+                }
             };
             let look = match looked {
                 Ok(look) => {
@@ -757,7 +760,9 @@ impl Machine {
             // The leader's node is gone, but not (yet) its lease node.
             let mut ahead_gone = false;
             loop {
-                let refresh_at = warm.map(|proof| proof.at + timing.refresh).unwrap_or_else(Instant::now);
+                let refresh_at = warm
+                    .map(|proof| proof.at.after(timing.refresh).instant(&*self.shared.clock))
+                    .unwrap_or_else(Instant::now);
                 let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
                 // Biased: a change of connection (after which notifications
                 // may come out of order) and our own node's deletion are
@@ -861,7 +866,7 @@ impl Machine {
                         };
                     }
                     _ = sleep_until(refresh_at.into()), if next_in_line && refresh.is_none() => {
-                        refresh = Some(start_look(&session.client, session.link.generation(), &parent, &node.path));
+                        refresh = Some(start_look(&session.client, self.shared.clock.clone(), session.link.generation(), &parent, &node.path));
                     }
                     _ = sleep_until(takeover_at.unwrap_or_else(Instant::now).into()), if takeover_at.is_some() => {
                         let lease = leader.take().expect("a takeover needs the leader's lease");
@@ -969,7 +974,7 @@ impl Machine {
         let record = lease_record(node, &session.timing);
         let mut create = true;
         let proof = loop {
-            match start_renewal(&session.client, node, &record, create).await {
+            match start_renewal(&session.client, self.shared.clock.clone(), node, &record, create).await {
                 Ok(Renewal::Renewed(at)) => break at,
                 // Created by an attempt whose answer was lost: write it.
                 Ok(Renewal::Retry { create: again }) => create = again,
@@ -994,7 +999,7 @@ impl Machine {
         &mut self,
         session: &mut Session,
         node: &OwnNode,
-        proof: Instant,
+        proof: Stamp,
         record: Vec<u8>,
     ) -> Result<Rejoin, Exit> {
         let term = node.term;
@@ -1021,15 +1026,20 @@ impl Machine {
             Err(_) => None,
         };
         let mut suspended = false;
-        let mut next_refresh = proof + timing.refresh;
+        let clock = self.shared.clock.clone();
+        let mut next_refresh = proof.after(timing.refresh).instant(&*clock);
+        // Timers sleep on CLOCK_MONOTONIC, which stops while the machine is
+        // suspended; this wakes the loop often enough to notice, on
+        // BOOTTIME and the wall clock, a lease or deadline passed meanwhile.
+        let clock_check = timing.refresh.min(Duration::from_millis(100));
 
         loop {
-            let lease_end = timing.lease_end(proof);
-            let demote_at = timing.demote_at(proof);
+            let lease_end = timing.lease_end(proof).instant(&*clock);
+            let demote_at = timing.demote_at(proof).instant(&*clock);
             tokio::select! {
                 biased;
                 _ = sleep_until(demote_at.into()) => {
-                    warn!(term = term.0, since_proof_ms = proof.elapsed().as_millis() as u64, "no proof of leadership before the deadline; demoting before the session can expire");
+                    warn!(term = term.0, since_proof_ms = clock.now().boot_ns.saturating_sub(proof.boot_ns) / 1_000_000, "no proof of leadership before the deadline; demoting before the session can expire");
                     self.demote(term, DemoteReason::ConnectionLost);
                     return Err(Exit::SessionLost);
                 }
@@ -1074,7 +1084,7 @@ impl Machine {
                         }
                         // Same session, maybe another server: renew right away.
                         if refresh.is_none() {
-                            refresh = Some(start_renewal(&session.client, node, &record, create_lease));
+                            refresh = Some(start_renewal(&session.client, self.shared.clock.clone(), node, &record, create_lease));
                         }
                     }
                     zk::SessionState::Expired => {
@@ -1104,7 +1114,7 @@ impl Machine {
                         Ok(Renewal::Renewed(at)) => {
                             create_lease = false;
                             proof = at;
-                            next_refresh = proof + timing.refresh;
+                            next_refresh = proof.after(timing.refresh).instant(&*clock);
                             if suspended {
                                 suspended = false;
                                 self.resume(session, node, proof);
@@ -1114,7 +1124,7 @@ impl Machine {
                         }
                         Ok(Renewal::Retry { create }) => {
                             create_lease = create;
-                            refresh = Some(start_renewal(&session.client, node, &record, create_lease));
+                            refresh = Some(start_renewal(&session.client, self.shared.clock.clone(), node, &record, create_lease));
                         }
                         Ok(Renewal::NodeGone) => return self.lost_node(session, node).await,
                         Err(zk::Error::SessionExpired) => {
@@ -1137,8 +1147,9 @@ impl Machine {
                     suspended = true;
                     self.suspend(term, "lease ran out without a fresh proof");
                 }
+                _ = tokio::time::sleep(clock_check) => {}
                 _ = sleep_until(next_refresh.into()), if refresh.is_none() => {
-                    refresh = Some(start_renewal(&session.client, node, &record, create_lease));
+                    refresh = Some(start_renewal(&session.client, self.shared.clock.clone(), node, &record, create_lease));
                 }
             }
         }
@@ -1274,12 +1285,13 @@ impl Machine {
 /// write the ensemble committed before `at`.
 async fn look(
     client: &zk::Client,
+    clock: &dyn Clock,
     generation: u64,
     parent: &str,
     own: &str,
     with_children: bool,
 ) -> Result<Look, zk::Error> {
-    let at = Instant::now();
+    let at = clock.now();
     let sync = client.sync(parent);
     let children = with_children.then(|| client.list_children(parent));
     let own = client.check_stat(own);
@@ -1307,10 +1319,16 @@ async fn read_children(
     Ok(Look { at: proof.at, generation: proof.generation, children, own })
 }
 
-fn start_look(client: &zk::Client, generation: u64, parent: &str, own: &str) -> LookFuture {
+fn start_look(
+    client: &zk::Client,
+    clock: Arc<dyn Clock>,
+    generation: u64,
+    parent: &str,
+    own: &str,
+) -> LookFuture {
     let client = client.clone();
     let (parent, own) = (parent.to_string(), own.to_string());
-    Box::pin(async move { look(&client, generation, &parent, &own, false).await })
+    Box::pin(async move { look(&client, &*clock, generation, &parent, &own, false).await })
 }
 
 /// Watches the lease node of the node ahead. If it exists (the node ahead
@@ -1344,7 +1362,7 @@ async fn watch_lease(
 /// How a lease renewal went.
 enum Renewal {
     /// Renewed: the proof is when it was sent.
-    Renewed(Instant),
+    Renewed(Stamp),
     /// Our election node is gone.
     NodeGone,
     /// The lease node was missing (renew by creating it) or already there
@@ -1358,11 +1376,17 @@ type RenewalFuture = Pin<Box<dyn Future<Output = Result<Renewal, zk::Error>> + S
 /// and writes our lease node (creating it at the first renewal). The
 /// ensemble accepts it only from a live session; it bumps the lease node's
 /// version, which tells the next in line.
-fn start_renewal(client: &zk::Client, node: &OwnNode, record: &[u8], create: bool) -> RenewalFuture {
+fn start_renewal(
+    client: &zk::Client,
+    clock: Arc<dyn Clock>,
+    node: &OwnNode,
+    record: &[u8],
+    create: bool,
+) -> RenewalFuture {
     let client = client.clone();
     let (own, lease, record) = (node.path.clone(), node.lease_path(), record.to_vec());
     Box::pin(async move {
-        let at = Instant::now();
+        let at = clock.now();
         let mut multi = client.new_multi_writer();
         multi.add_check_version(&own, -1)?;
         if create {
