@@ -975,6 +975,14 @@ impl Machine {
         let mut create = true;
         let proof = loop {
             match start_renewal(&session.client, self.shared.clock.clone(), node, &record, create).await {
+                // A write stamped before it sat out a reconnect can come back
+                // with its lease (nearly) spent: leading on it would mean
+                // demoting at once and rejoining at the back, a needless
+                // handover. Renew again instead.
+                Ok(Renewal::Renewed(at)) if self.nearly_spent(session, at) => {
+                    debug!("the lease node's write came back too late to lead on; renewing again");
+                    create = false;
+                }
                 Ok(Renewal::Renewed(at)) => break at,
                 // Created by an attempt whose answer was lost: write it.
                 Ok(Renewal::Retry { create: again }) => create = again,
@@ -991,6 +999,13 @@ impl Machine {
             return Ok(Rejoin::After(rejoin_after));
         }
         self.lead(session, node, proof, record).await
+    }
+
+    /// Whether a lease counted from `proof` would end within a refresh
+    /// period: too soon to start leader work on.
+    fn nearly_spent(&self, session: &Session, proof: Stamp) -> bool {
+        let timing = session.timing;
+        timing.lease_end(proof).reached(self.shared.clock.now().after(timing.refresh))
     }
 
     /// Leads until the term ends; keeps the lease fresh and enforces the
