@@ -223,6 +223,8 @@ pub struct Client {
     version: Version,
     session: SessionInfo,
     session_timeout: Duration,
+    // zkrun patch: the timeout the latest (re)connection negotiated.
+    negotiated_timeout: Arc<std::sync::atomic::AtomicU64>,
     requester: Arc<mpsc::UnboundedSender<Request>>,
     state_watcher: StateWatcher,
 }
@@ -245,10 +247,11 @@ impl Client {
         version: Version,
         session: SessionInfo,
         timeout: Duration,
+        negotiated_timeout: Arc<std::sync::atomic::AtomicU64>,
         requester: Arc<mpsc::UnboundedSender<Request>>,
         state_watcher: StateWatcher,
     ) -> Client {
-        Client { chroot, version, session, session_timeout: timeout, requester, state_watcher }
+        Client { chroot, version, session, session_timeout: timeout, negotiated_timeout, requester, state_watcher }
     }
 
     fn validate_path<'a>(&'a self, path: &'a str) -> Result<ChrootPath<'a>> {
@@ -282,6 +285,16 @@ impl Client {
     /// Negotiated session timeout.
     pub fn session_timeout(&self) -> Duration {
         self.session_timeout
+    }
+
+    /// Session timeout negotiated by the latest (re)connection (zkrun patch).
+    ///
+    /// A server may renegotiate the timeout when the session reconnects to
+    /// it (for example, with a lower `maxSessionTimeout`); unlike
+    /// [Self::session_timeout], this follows. It is updated before the
+    /// state change to connected is published.
+    pub fn negotiated_session_timeout(&self) -> Duration {
+        Duration::from_millis(self.negotiated_timeout.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Latest session state.
@@ -1767,6 +1780,7 @@ impl Connector {
         let conn = session.start(&mut endpoints, &mut buf, &mut depot).await?;
         let session_info = session.session.clone();
         let session_timeout = session.session_timeout;
+        let negotiated_timeout = session.negotiated_timeout.clone();
         let mut state_watcher = StateWatcher::new(session.subscribe_state());
         // Consume all state changes so far.
         state_watcher.state();
@@ -1774,7 +1788,15 @@ impl Connector {
             session.serve(endpoints, conn, buf, depot, receiver).await;
         });
         let client =
-            Client::new(chroot.to_owned(), self.server_version, session_info, session_timeout, sender, state_watcher);
+            Client::new(
+                chroot.to_owned(),
+                self.server_version,
+                session_info,
+                session_timeout,
+                negotiated_timeout,
+                sender,
+                state_watcher,
+            );
         Ok(client)
     }
 

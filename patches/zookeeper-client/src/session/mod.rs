@@ -46,6 +46,12 @@ use crate::tls::TlsOptions;
 pub const PASSWORD_LEN: usize = 16;
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// zkrun patch: the longest wait between two connection attempts while a
+/// session is disconnected. Upstream doubles it per cycle through the
+/// servers, so after a long outage a client could still be waiting seconds
+/// after quorum returned, or expire its session on its own meanwhile.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 pub struct Builder {
     #[cfg(feature = "tls")]
@@ -145,6 +151,7 @@ impl Builder {
 
             session,
             session_timeout: self.session_timeout,
+            negotiated_timeout: Default::default(),
             session_state: SessionState::Disconnected,
 
             authes: self.authes,
@@ -176,6 +183,9 @@ pub struct Session {
     pub session: SessionInfo,
     session_state: SessionState,
     pub session_timeout: Duration,
+    /// zkrun patch: the timeout the latest connect response granted, shared
+    /// with every `Client` of this session.
+    pub negotiated_timeout: std::sync::Arc<std::sync::atomic::AtomicU64>,
 
     #[cfg(any(feature = "sasl-digest-md5", feature = "sasl-gssapi"))]
     sasl_options: Option<SaslOptions>,
@@ -463,6 +473,8 @@ impl Session {
         self.session.password.extend_from_slice(response.password);
         self.session.readonly = response.readonly;
         self.reset_timeout(Duration::from_millis(response.session_timeout as u64));
+        // zkrun patch: published before the state change to connected.
+        self.negotiated_timeout.store(response.session_timeout as u64, std::sync::atomic::Ordering::Release);
         self.complete_connect();
         Ok(())
     }
@@ -637,7 +649,10 @@ impl Session {
         buf: &mut Vec<u8>,
         depot: &mut Depot,
     ) -> Result<Connection, Error> {
-        let Some(endpoint) = endpoints.next(deadline.timeout()).await else {
+        // zkrun patch: bounded by MAX_RECONNECT_DELAY (and a tenth of the
+        // session timeout), not only by the deadline.
+        let max_delay = MAX_RECONNECT_DELAY.min(self.session_timeout / 10);
+        let Some(endpoint) = endpoints.next(deadline.timeout().min(max_delay)).await else {
             return Err(Error::NoHosts);
         };
         let mut conn = match self.connector.connect(endpoint, deadline).await {
