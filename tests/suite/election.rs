@@ -537,3 +537,42 @@ async fn a_rejoin_never_reuses_a_node_name() {
     assert_eq!(second.rsplit_once("latch-").unwrap().1, first.rsplit_once("latch-").unwrap().1);
     assert_ne!(second, first);
 }
+
+/// Issue 12, item 2. A session keeps its id across a reconnect but not
+/// necessarily its timeout: a server with a lower `maxSessionTimeout`
+/// renegotiates it. The leader must follow: a lease no longer than half the
+/// new timeout, and no leading on the old one in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renegotiated_session_timeout_shortens_the_lease() {
+    use zkrun::clock::{Clock, SystemClock};
+    let mut ensemble = Ensemble::start();
+    let path = "/zkrun/e/renegotiated";
+    // The leader talks to server 0 only, so it reconnects to that server.
+    let only_first = Proxy::start(&ensemble.client_addrs()[..1]);
+    let long = Duration::from_secs(20);
+    let mut leader = Peer::join(&only_first.connect_string(), path, "leader", long);
+    let term = leader.wait_elected(SOON).await;
+    assert_eq!(leader.election.timing().unwrap().session_timeout, long);
+    let session = leader.session().unwrap();
+
+    let short = Duration::from_secs(4);
+    ensemble.restart_with_max_session_timeout(0, short);
+    zkrun_tests::wait_for_async("the timing to follow the renegotiated timeout", SOON, || {
+        let timing = leader.election.timing();
+        async move { (timing.map(|t| t.session_timeout) == Some(short)).then_some(()) }
+    })
+    .await;
+    // Same session and term; leading again once a renewal under the new
+    // timing went through, with a lease of at most T/2 = 2 s.
+    let lease = zkrun_tests::wait_for_async("leadership confirmed again", SOON, || {
+        let lease = leader.election.confirmed();
+        async move { lease }
+    })
+    .await;
+    assert_eq!(lease.term, term);
+    let left = lease.expires.remaining(SystemClock.now());
+    assert!(left <= short / 2, "a lease of {left:?} under a {short:?} session timeout");
+    leader.drain();
+    assert_eq!(leader.session(), Some(session), "{:?}", leader.events_seen());
+    assert!(!leader.events_seen().iter().any(|e| matches!(e, LeadershipEvent::Demoted { .. })));
+}

@@ -400,7 +400,7 @@ impl Machine {
             }
         };
         let timing = Timing::new(negotiated);
-        *self.shared.timing.lock().unwrap() = Some(timing);
+        self.publish_timing(timing);
         self.shared.counters.sessions.fetch_add(1, Ordering::Relaxed);
         let id = client.session_id().0;
         info!(
@@ -412,6 +412,30 @@ impl Machine {
         let link = Link::new(client.state_watcher());
         let data = self.config.participant.to_bytes();
         Ok(Session { client, data, link, id, timing, started: Instant::now() })
+    }
+
+    /// Follows the session timeout the ensemble renegotiated at a reconnect
+    /// (a server with a lower `maxSessionTimeout` grants less to the same
+    /// session). Returns whether the timing changed; the caller publishes
+    /// it (after revoking a lease the new timing may not cover).
+    fn retime(&self, session: &mut Session) -> bool {
+        let negotiated = session.client.negotiated_session_timeout();
+        if negotiated.is_zero() || negotiated == session.timing.session_timeout {
+            return false;
+        }
+        warn!(
+            event = "session_timeout_renegotiated",
+            previous_ms = session.timing.session_timeout.as_millis() as u64,
+            negotiated_ms = negotiated.as_millis() as u64,
+            "the ensemble renegotiated the session timeout on reconnect; leases follow the new one"
+        );
+        session.timing = Timing::new(negotiated);
+        true
+    }
+
+    /// Shows `timing` to [`super::Election::timing`].
+    fn publish_timing(&self, timing: Timing) {
+        *self.shared.timing.lock().unwrap() = Some(timing);
     }
 
     /// Closes a session (which deletes any ephemeral node left). The library
@@ -619,7 +643,7 @@ impl Machine {
     /// (see `docs/election.md`). Everyone else only waits.
     async fn contend(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
         let parent = self.config.path.clone();
-        let timing = session.timing;
+        let mut timing;
         // A proof (send time of a sync answered) while next in line.
         let mut warm: Option<Proof> = None;
         let mut leader_left = LeaderLeft::No;
@@ -630,6 +654,10 @@ impl Machine {
         // Set after we looked again because the node ahead seemed to lead.
         let mut relooked = false;
         loop {
+            if self.retime(session) {
+                self.publish_timing(session.timing);
+            }
+            timing = session.timing;
             if let Some((rejoin_after, done)) = self.resign_pending.take() {
                 self.delete_own(session, node, false).await?;
                 let _ = done.send(());
@@ -971,6 +999,9 @@ impl Machine {
     /// without one. The create is checked against our own node, and as a
     /// quorum write answered it is a proof of its own.
     async fn take_lead(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
+        if self.retime(session) {
+            self.publish_timing(session.timing);
+        }
         let record = lease_record(node, &session.timing);
         let mut create = true;
         let proof = loop {
@@ -1015,10 +1046,10 @@ impl Machine {
         session: &mut Session,
         node: &OwnNode,
         proof: Stamp,
-        record: Vec<u8>,
+        mut record: Vec<u8>,
     ) -> Result<Rejoin, Exit> {
         let term = node.term;
-        let timing = session.timing;
+        let mut timing = session.timing;
         let mut proof = proof;
         self.elect(session, node, proof);
         info!(
@@ -1046,9 +1077,23 @@ impl Machine {
         // Timers sleep on CLOCK_MONOTONIC, which stops while the machine is
         // suspended; this wakes the loop often enough to notice, on
         // BOOTTIME and the wall clock, a lease or deadline passed meanwhile.
-        let clock_check = timing.refresh.min(Duration::from_millis(100));
+        let mut clock_check = timing.refresh.min(Duration::from_millis(100));
 
         loop {
+            if self.retime(session) {
+                // A shorter session timeout may already have outrun the
+                // lease we hold: stop, and resume only on a renewal sent
+                // under the new timing (its record carries the new deadline).
+                timing = session.timing;
+                record = lease_record(node, &timing);
+                clock_check = timing.refresh.min(Duration::from_millis(100));
+                if !suspended {
+                    suspended = true;
+                    self.suspend(term, "session timeout renegotiated");
+                }
+                self.publish_timing(timing);
+                refresh = Some(start_renewal(&session.client, clock.clone(), node, &record, create_lease));
+            }
             let lease_end = timing.lease_end(proof).instant(&*clock);
             let demote_at = timing.demote_at(proof).instant(&*clock);
             tokio::select! {
