@@ -576,3 +576,44 @@ async fn a_renegotiated_session_timeout_shortens_the_lease() {
     assert_eq!(leader.session(), Some(session), "{:?}", leader.events_seen());
     assert!(!leader.events_seen().iter().any(|e| matches!(e, LeadershipEvent::Demoted { .. })));
 }
+
+/// Issue 12, item 6. After a long outage of the whole ensemble, a
+/// disconnected participant must be trying again soon after quorum returns,
+/// not still backing off until it declares its own session expired (which
+/// the ensemble had kept). The client library's backoff used to double per
+/// cycle through the servers: attempts about 10 s and 20 s into an outage,
+/// then none before its own expiry deadline at 1.4 T.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_its_session_through_a_long_outage() {
+    let mut ensemble = Ensemble::start();
+    let path = "/zkrun/e/outage";
+    let session_timeout = Duration::from_secs(20);
+    let mut leader = Peer::join(&ensemble.connect_string(), path, "leader", session_timeout);
+    leader.wait_elected(SOON).await;
+    let mut follower = Peer::join(&ensemble.connect_string(), path, "follower", session_timeout);
+    follower.wait_event("Joined", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
+    let session = follower.session().unwrap();
+    zkrun_tests::wait_for("the follower to settle", SOON, || {
+        matches!(follower.election.state(), ElectionState::Follower { .. }).then_some(())
+    });
+    let reads = follower.election.stats().reads;
+
+    for i in 0..ensemble.size() {
+        ensemble.kill(i);
+    }
+    tokio::time::sleep(Duration::from_millis(20_500)).await;
+    for i in 0..ensemble.size() {
+        ensemble.restart(i);
+    }
+    ensemble.wait_serving(Duration::from_secs(60));
+    // Its first look after the outage must be in the same session: it lost
+    // neither its session nor its place.
+    zkrun_tests::wait_for_async("the follower to look again", Duration::from_secs(60), || {
+        let looked = follower.election.stats().reads > reads;
+        async move { looked.then_some(()) }
+    })
+    .await;
+    follower.drain();
+    assert_eq!(follower.election.stats().sessions, 1, "{:?}", follower.events_seen());
+    assert_eq!(follower.session(), Some(session));
+}
