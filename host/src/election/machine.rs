@@ -639,8 +639,9 @@ impl Machine {
     /// The participant next in line (the one whose predecessor leads) keeps
     /// a *warm proof*: a `sync` + read of its own node every refresh, as a
     /// leader does, and a watch on its own node. When the leader's node is
-    /// deleted, it leads at once on that proof, without another round trip
-    /// (see `docs/election.md`). Everyone else only waits.
+    /// deleted (and its lease node with it: the leader stood down), it
+    /// takes the lead on that proof without a read (see `docs/election.md`).
+    /// Everyone else only waits.
     async fn contend(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
         let parent = self.config.path.clone();
         let mut timing;
