@@ -3,9 +3,10 @@
 //!
 //! It knows nothing of WebAssembly. It reports leadership as
 //! [`LeadershipEvent`]s over a channel and answers [`Election::confirmed`]
-//! for callers about to do leader work. Every state change happens in
-//! `machine.rs`; `docs/election.md` explains the states, the lease and the
-//! deadline.
+//! for callers about to do leader work. Every state change goes through
+//! `machine.rs` (its phases: `machine/join.rs`, `follow.rs`, `lead.rs`);
+//! `link.rs` owns connection-state changes; `docs/election.md` explains the
+//! states, the lease and the deadline.
 //!
 //! ```text
 //!            connect + create node
