@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use zkrun::election::{DemoteReason, ElectionState, LeadershipEvent, Term};
-use zkrun_tests::{Ensemble, Peer, Proxy};
+use zkrun_tests::{Ensemble, Peer, Process, Proxy, monotonic_ns};
 use zookeeper_client as zk;
 
 const SESSION: Duration = Duration::from_secs(4);
@@ -616,4 +616,59 @@ async fn a_follower_keeps_its_session_through_a_long_outage() {
     follower.drain();
     assert_eq!(follower.election.stats().sessions, 1, "{:?}", follower.events_seen());
     assert_eq!(follower.session(), Some(session));
+}
+
+/// Issue 12, as done: real `zkrun` processes running the heartbeat plugin
+/// (a tick every 100 ms). The leader hears everything 600 ms late and an
+/// operator deletes its node: it never ticks after its successor is elected,
+/// by the events' own clock.
+#[test]
+fn a_slow_hearing_zkrun_leader_never_ticks_after_its_successor_is_elected() {
+    let ensemble = Ensemble::start();
+    let path = "/zkrun/e/slow-ticks";
+    let proxy = Proxy::start(&ensemble.client_addrs());
+    let heartbeat = zkrun_tests::paths::plugin("heartbeat");
+    let args = |connect: String| -> Vec<std::ffi::OsString> {
+        let session = format!("{}ms", SESSION.as_millis());
+        ["--plugin", heartbeat.to_str().unwrap(), "--zk", &connect, "--election", path]
+            .into_iter()
+            .chain(["--tick", "100ms", "--session-timeout", &session])
+            .map(Into::into)
+            .collect()
+    };
+    let slow = Process::zkrun("slow", &args(proxy.connect_string()));
+    let joined = slow.wait_event("joined", SOON, |e| e.kind() == "joined");
+    let term = slow.wait_event("elected", SOON, |e| e.kind() == "elected").term().unwrap();
+    let next = Process::zkrun("next", &args(ensemble.connect_string()));
+    next.wait_event("joined", SOON, |e| e.kind() == "joined");
+    // Let the next in line settle (warm proof, watches), then slow the link.
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.delay_downstream(Duration::from_millis(600));
+    std::thread::sleep(SESSION / 2);
+    let ticking = monotonic_ns();
+    slow.wait_event("a tick on the slow link", SOON, |e| {
+        e.is_heartbeat_tick() && e.mono_ns().unwrap_or(0) > ticking
+    });
+
+    let node = format!("{path}/{}", joined.str("node"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async { operator(&ensemble).await.delete(&node, None).await.unwrap() });
+    let elected = next.wait_event("elected", SOON, |e| e.kind() == "elected");
+    slow.wait_event("demoted", SOON, |e| e.kind() == "demoted");
+    // Anything the slow leader still had in flight has landed by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let elected_at = elected.mono_ns().unwrap();
+    let late: Vec<u64> = slow
+        .events()
+        .iter()
+        .filter(|e| e.is_heartbeat_tick() && e.term() == Some(term))
+        .filter_map(|e| e.mono_ns())
+        .filter(|&at| at > elected_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader ticked {} times after its successor was elected\n{}",
+        late.len(),
+        slow.dump()
+    );
 }
