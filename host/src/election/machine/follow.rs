@@ -341,6 +341,12 @@ impl Machine {
                             // The node ahead started leading: we are next now.
                             break;
                         }
+                        if ahead_gone && event.event_type == zk::EventType::NodeDeleted {
+                            // The leader stood down (its lease node went with
+                            // or after its node): no need to read anything.
+                            leader_left = LeaderLeft::Certainly;
+                            break;
+                        }
                         // A renewal (or the lease's first write): note when.
                         match watch_lease(&session.client, &ahead_lease, timing).await {
                             Ok((watch, lease)) => {
