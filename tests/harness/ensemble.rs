@@ -244,6 +244,30 @@ impl Ensemble {
         }
     }
 
+    /// Kills server `i` and starts it again with `maxSessionTimeout` set to
+    /// `max`, as a server configured differently from the rest: a session
+    /// that reconnects to it is granted at most `max` (the server
+    /// renegotiates the timeout of a live session). Waits until a quorum
+    /// serves again.
+    pub fn restart_with_max_session_timeout(&mut self, i: usize, max: Duration) {
+        self.kill(i);
+        let cfg_path = self.servers[i].dir.join("zoo.cfg");
+        let cfg = std::fs::read_to_string(&cfg_path).expect("read zoo.cfg");
+        let cfg: String = cfg
+            .lines()
+            .map(|line| {
+                if line.starts_with("maxSessionTimeout=") {
+                    format!("maxSessionTimeout={}\n", max.as_millis())
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&cfg_path, cfg).expect("write zoo.cfg");
+        self.spawn(i);
+        self.wait_serving(Duration::from_secs(60));
+    }
+
     /// Freezes server `i` (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn freeze(&mut self, i: usize) {
         if let Some(child) = &self.servers[i].child {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use zkrun::election::{DemoteReason, ElectionState, LeadershipEvent, Term};
-use zkrun_tests::{Ensemble, Peer, Proxy};
+use zkrun_tests::{Ensemble, Peer, Process, Proxy, monotonic_ns};
 use zookeeper_client as zk;
 
 const SESSION: Duration = Duration::from_secs(4);
@@ -390,4 +390,285 @@ fn frozen_leader_knows_its_lease_ran_out() {
         peer.wait_elected(SOON).await;
     });
     assert!(peer.election.stats().sessions >= 2);
+}
+
+/// One participant's lease as it logged it: grants (`lease` events) and
+/// revocations (`Suspended`/`Demoted` events), on the machine-wide clock.
+#[derive(Clone, Copy, Debug)]
+enum LeaseMark {
+    /// Leader work allowed from `at` until `until` (or the next mark).
+    Granted { at: u64, until: u64 },
+    /// Leader work stopped at `at`.
+    Revoked { at: u64 },
+}
+
+impl LeaseMark {
+    fn at(&self) -> u64 {
+        match *self {
+            LeaseMark::Granted { at, .. } | LeaseMark::Revoked { at } => at,
+        }
+    }
+}
+
+fn field_u64(record: &zkrun_tests::capture::Record, name: &str) -> Option<u64> {
+    record.get(name).parse().ok()
+}
+
+/// The lease marks of `term`, in the order they were logged.
+fn lease_marks(records: &[zkrun_tests::capture::Record], term: Term) -> Vec<LeaseMark> {
+    let revoked = [format!("Suspended {{ term: {term:?} }}"), format!("Demoted {{ term: {term:?},")];
+    let mut marks: Vec<LeaseMark> = records
+        .iter()
+        .filter_map(|r| {
+            let at = field_u64(r, "mono_ns")?;
+            if r.get("event") == "lease" && field_u64(r, "term") == Some(term.0) {
+                return Some(LeaseMark::Granted { at, until: field_u64(r, "lease_end_ns")? });
+            }
+            let event = r.get("event");
+            revoked
+                .iter()
+                .any(|prefix| event.starts_with(prefix.as_str()))
+                .then_some(LeaseMark::Revoked { at })
+        })
+        .collect();
+    marks.sort_by_key(LeaseMark::at);
+    marks
+}
+
+/// When the lease of `term` last allowed leader work, per its own marks.
+fn lease_over_at(marks: &[LeaseMark]) -> u64 {
+    let mut over = 0;
+    for (i, mark) in marks.iter().enumerate() {
+        if let LeaseMark::Granted { until, .. } = *mark {
+            let next = marks.get(i + 1).map_or(u64::MAX, LeaseMark::at);
+            over = over.max(until.min(next));
+        }
+    }
+    over
+}
+
+/// Issue 12, item 1. The leader hears of everything 600 ms late (its
+/// renewals still commit) and an operator deletes its election node. The
+/// next in line must not lead until the old leader has stood down (removed
+/// its lease node) or its lease deadline has passed: the old lease, as the
+/// old leader itself logged it, ends before the new one starts.
+#[test]
+fn a_slow_hearing_leader_stops_before_its_successor_starts() {
+    let ensemble = Ensemble::start();
+    let path = "/zkrun/e/slow-hearing";
+    let proxy = Proxy::start(&ensemble.client_addrs());
+    // Everything runs on this thread, so the capture sees both participants.
+    let (logs, _guard) = zkrun_tests::capture::capture();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (old_term, new_term) = runtime.block_on(async {
+        let mut slow = Peer::join(&proxy.connect_string(), path, "slow", SESSION);
+        let old_term = slow.wait_elected(SOON).await;
+        let mut next = Peer::join(&ensemble.connect_string(), path, "next", SESSION);
+        next.wait_event("Joined", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
+        wait_for_state(&next, SOON, |s| matches!(s, ElectionState::Follower { position: 1, .. })).await;
+
+        proxy.delay_downstream(Duration::from_millis(600));
+        // Renewals still commit: the slow leader keeps leading.
+        tokio::time::sleep(SESSION / 2).await;
+        slow.drain();
+        assert!(slow.election.confirmed().is_some(), "{:?}", slow.events_seen());
+        assert!(!slow.events_seen().iter().any(|e| matches!(e, LeadershipEvent::Demoted { .. })));
+
+        let client = operator(&ensemble).await;
+        client.delete(&format!("{path}/{}", slow.node().unwrap()), None).await.unwrap();
+        let new_term = next.wait_elected(SOON).await;
+        let demoted =
+            slow.wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
+        assert_eq!(demoted, LeadershipEvent::Demoted { term: old_term, reason: DemoteReason::NodeDeleted });
+        // Having stood down, the old leader removes its lease node too.
+        let old_node = slow.node().unwrap();
+        let old_lease = format!("{path}/zkrun-lease-{}", old_node.rsplit_once("latch-").unwrap().1);
+        zkrun_tests::wait_for_async("the old lease node to go", SOON, || {
+            let exists = client.check_stat(&old_lease);
+            async move { exists.await.unwrap().is_none().then_some(()) }
+        })
+        .await;
+        (old_term, new_term)
+    });
+    let records = logs.events();
+    let old = lease_marks(&records, old_term);
+    let new = lease_marks(&records, new_term);
+    let new_start = new.first().map(LeaseMark::at).expect("the new leader logged its lease");
+    let old_over = lease_over_at(&old);
+    assert!(
+        old_over <= new_start,
+        "two leaders for {} ms: the old lease ran until {old_over}, the new one began at {new_start}\nold: {old:?}",
+        (old_over - new_start) / 1_000_000
+    );
+}
+
+async fn wait_for_state(peer: &Peer, timeout: Duration, pred: impl Fn(&ElectionState) -> bool) {
+    zkrun_tests::wait_for_async("a state", timeout, || {
+        let ok = pred(&peer.election.state());
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+/// Issue 12, item 5. Sequence numbers restart when the election path is
+/// re-created; node names must not, or an old term's in-flight fenced write
+/// (checked against its node's path) could pass against a new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_never_reuses_a_node_name() {
+    let ensemble = Ensemble::start();
+    let path = "/zkrun/e/names";
+    let mut solo = Peer::join(&ensemble.connect_string(), path, "solo", SESSION);
+    solo.wait_elected(SOON).await;
+    let first = solo.node().unwrap();
+
+    // Children and path in one transaction, so the rejoin cannot land in between.
+    let client = operator(&ensemble).await;
+    let mut multi = client.new_multi_writer();
+    for child in client.list_children(path).await.unwrap() {
+        multi.add_delete(&format!("{path}/{child}"), None).unwrap();
+    }
+    multi.add_delete(path, None).unwrap();
+    multi.commit().await.unwrap();
+    solo.wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
+    let rejoined =
+        solo.wait_event("Joined again", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
+    let LeadershipEvent::Joined { node: second, .. } = rejoined else { unreachable!() };
+    // Same sequence (the path was re-created), different name.
+    assert_eq!(second.rsplit_once("latch-").unwrap().1, first.rsplit_once("latch-").unwrap().1);
+    assert_ne!(second, first);
+}
+
+/// Issue 12, item 2. A session keeps its id across a reconnect but not
+/// necessarily its timeout: a server with a lower `maxSessionTimeout`
+/// renegotiates it. The leader must follow: a lease no longer than half the
+/// new timeout, and no leading on the old one in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renegotiated_session_timeout_shortens_the_lease() {
+    use zkrun::clock::{Clock, SystemClock};
+    let mut ensemble = Ensemble::start();
+    let path = "/zkrun/e/renegotiated";
+    // The leader talks to server 0 only, so it reconnects to that server.
+    let only_first = Proxy::start(&ensemble.client_addrs()[..1]);
+    let long = Duration::from_secs(20);
+    let mut leader = Peer::join(&only_first.connect_string(), path, "leader", long);
+    let term = leader.wait_elected(SOON).await;
+    assert_eq!(leader.election.timing().unwrap().session_timeout, long);
+    let session = leader.session().unwrap();
+
+    let short = Duration::from_secs(4);
+    ensemble.restart_with_max_session_timeout(0, short);
+    zkrun_tests::wait_for_async("the timing to follow the renegotiated timeout", SOON, || {
+        let timing = leader.election.timing();
+        async move { (timing.map(|t| t.session_timeout) == Some(short)).then_some(()) }
+    })
+    .await;
+    // Same session and term; leading again once a renewal under the new
+    // timing went through, with a lease of at most T/2 = 2 s.
+    let lease = zkrun_tests::wait_for_async("leadership confirmed again", SOON, || {
+        let lease = leader.election.confirmed();
+        async move { lease }
+    })
+    .await;
+    assert_eq!(lease.term, term);
+    let left = lease.expires.remaining(SystemClock.now());
+    assert!(left <= short / 2, "a lease of {left:?} under a {short:?} session timeout");
+    leader.drain();
+    assert_eq!(leader.session(), Some(session), "{:?}", leader.events_seen());
+    assert!(!leader.events_seen().iter().any(|e| matches!(e, LeadershipEvent::Demoted { .. })));
+}
+
+/// Issue 12, item 6. After a long outage of the whole ensemble, a
+/// disconnected participant must be trying again soon after quorum returns,
+/// not still backing off until it declares its own session expired (which
+/// the ensemble had kept). The client library's backoff used to double per
+/// cycle through the servers: attempts about 10 s and 20 s into an outage,
+/// then none before its own expiry deadline at 1.4 T.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_its_session_through_a_long_outage() {
+    let mut ensemble = Ensemble::start();
+    let path = "/zkrun/e/outage";
+    let session_timeout = Duration::from_secs(20);
+    let mut leader = Peer::join(&ensemble.connect_string(), path, "leader", session_timeout);
+    leader.wait_elected(SOON).await;
+    let mut follower = Peer::join(&ensemble.connect_string(), path, "follower", session_timeout);
+    follower.wait_event("Joined", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
+    let session = follower.session().unwrap();
+    zkrun_tests::wait_for("the follower to settle", SOON, || {
+        matches!(follower.election.state(), ElectionState::Follower { .. }).then_some(())
+    });
+    let reads = follower.election.stats().reads;
+
+    for i in 0..ensemble.size() {
+        ensemble.kill(i);
+    }
+    tokio::time::sleep(Duration::from_millis(20_500)).await;
+    for i in 0..ensemble.size() {
+        ensemble.restart(i);
+    }
+    ensemble.wait_serving(Duration::from_secs(60));
+    // Its first look after the outage must be in the same session: it lost
+    // neither its session nor its place.
+    zkrun_tests::wait_for_async("the follower to look again", Duration::from_secs(60), || {
+        let looked = follower.election.stats().reads > reads;
+        async move { looked.then_some(()) }
+    })
+    .await;
+    follower.drain();
+    assert_eq!(follower.election.stats().sessions, 1, "{:?}", follower.events_seen());
+    assert_eq!(follower.session(), Some(session));
+}
+
+/// Issue 12, as done: real `zkrun` processes running the heartbeat plugin
+/// (a tick every 100 ms). The leader hears everything 600 ms late and an
+/// operator deletes its node: it never ticks after its successor is elected,
+/// by the events' own clock.
+#[test]
+fn a_slow_hearing_zkrun_leader_never_ticks_after_its_successor_is_elected() {
+    let ensemble = Ensemble::start();
+    let path = "/zkrun/e/slow-ticks";
+    let proxy = Proxy::start(&ensemble.client_addrs());
+    let heartbeat = zkrun_tests::paths::plugin("heartbeat");
+    let args = |connect: String| -> Vec<std::ffi::OsString> {
+        let session = format!("{}ms", SESSION.as_millis());
+        ["--plugin", heartbeat.to_str().unwrap(), "--zk", &connect, "--election", path]
+            .into_iter()
+            .chain(["--tick", "100ms", "--session-timeout", &session])
+            .map(Into::into)
+            .collect()
+    };
+    let slow = Process::zkrun("slow", &args(proxy.connect_string()));
+    let joined = slow.wait_event("joined", SOON, |e| e.kind() == "joined");
+    let term = slow.wait_event("elected", SOON, |e| e.kind() == "elected").term().unwrap();
+    let next = Process::zkrun("next", &args(ensemble.connect_string()));
+    next.wait_event("joined", SOON, |e| e.kind() == "joined");
+    // Let the next in line settle (warm proof, watches), then slow the link.
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.delay_downstream(Duration::from_millis(600));
+    std::thread::sleep(SESSION / 2);
+    let ticking = monotonic_ns();
+    slow.wait_event("a tick on the slow link", SOON, |e| {
+        e.is_heartbeat_tick() && e.mono_ns().unwrap_or(0) > ticking
+    });
+
+    let node = format!("{path}/{}", joined.str("node"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async { operator(&ensemble).await.delete(&node, None).await.unwrap() });
+    let elected = next.wait_event("elected", SOON, |e| e.kind() == "elected");
+    slow.wait_event("demoted", SOON, |e| e.kind() == "demoted");
+    // Anything the slow leader still had in flight has landed by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let elected_at = elected.mono_ns().unwrap();
+    let late: Vec<u64> = slow
+        .events()
+        .iter()
+        .filter(|e| e.is_heartbeat_tick() && e.term() == Some(term))
+        .filter_map(|e| e.mono_ns())
+        .filter(|&at| at > elected_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader ticked {} times after its successor was elected\n{}",
+        late.len(),
+        slow.dump()
+    );
 }

@@ -6,7 +6,17 @@
 //! before leader work is granted in [`Machine::grant`] and revoked in
 //! [`Machine::revoke`], always before the matching event is sent, so a caller
 //! can never see an event and still hold a stale lease.
+//!
+//! This file holds the transitions and the session; each phase of one node's
+//! life has its own module: [`join`] (create or find the node), [`follow`]
+//! (wait in line), [`lead`] (hold the lease). Connection-state changes have
+//! one owner, [`Link`].
 
+mod follow;
+mod join;
+mod lead;
+
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,16 +24,16 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::node::{self, LeaseRecord, Protection};
+use super::link::Link;
+use super::node::{self, Protection};
 use super::timing::{Backoff, Timing};
 use super::{
     Command, DemoteReason, ElectionConfig, ElectionState, Fence, LeadershipEvent, Lease, Shared, Term,
 };
-use crate::clock;
+use crate::clock::{self, Stamp};
 
 const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
 const EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
@@ -58,7 +68,8 @@ struct Session {
     client: zk::Client,
     /// What our election node holds.
     data: Vec<u8>,
-    states: zk::StateWatcher,
+    /// The one owner of connection-state changes (see `link.rs`).
+    link: Link,
     id: i64,
     timing: Timing,
     started: Instant,
@@ -81,57 +92,6 @@ impl OwnNode {
     }
 }
 
-/// One consistent look at the election, taken right after a `sync`, so it is
-/// as fresh as the ensemble's leader at `at` (when the sync was sent).
-struct Look {
-    at: Instant,
-    children: Vec<String>,
-    own: Option<zk::Stat>,
-}
-
-type LookFuture = Pin<Box<dyn Future<Output = Result<Look, zk::Error>> + Send>>;
-
-/// What the next in line knows of the leader's lease.
-#[derive(Clone, Copy, Debug)]
-struct LeaderLease {
-    /// The lease node's version last seen: each renewal bumps it.
-    version: i32,
-    /// When we learned of that version. The renewal behind it was sent
-    /// before, so the leader's deadline counts from earlier still.
-    seen_at: Instant,
-    /// The leader's deadline, from its lease record.
-    deadline: Duration,
-}
-
-impl LeaderLease {
-    /// When the leader has certainly demoted itself.
-    fn takeover_at(&self) -> Instant {
-        // The margin covers the clocks of two hosts running at slightly
-        // different rates, and the leader's demotion reaching its job.
-        self.seen_at + self.deadline + self.deadline * 3 / 20
-    }
-}
-
-/// What the next in line knows of the leader's node after waking up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LeaderLeft {
-    /// Nothing new: look as usual.
-    No,
-    /// It may be gone (its lease node went): a plain read tells.
-    Maybe,
-    /// It is gone: its deletion was notified, or was our own takeover.
-    Certainly,
-}
-
-/// How a takeover attempt ended.
-enum Takeover {
-    /// We deleted the silent leader's node.
-    Done,
-    /// The leader renewed meanwhile (or we could not tell): keep following.
-    Renewed(LeaderLease),
-    /// The leader's node is gone already.
-    Gone,
-}
 type WatchFuture = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>;
 
 pub(super) struct Machine {
@@ -139,7 +99,12 @@ pub(super) struct Machine {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LeadershipEvent>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// The protected prefix of the current join: fresh for every join, kept
+    /// across retries of its create, so no node name (and so no fencing
+    /// path) is ever used twice, even where sequences restart.
     protection: Protection,
+    /// The prefixes of recent earlier joins, to clean up their nodes.
+    earlier: VecDeque<Protection>,
     reconnect: Backoff,
     /// A resign asked for while not leading, handled at the next look.
     resign_pending: Option<(Duration, oneshot::Sender<()>)>,
@@ -158,6 +123,7 @@ impl Machine {
             events,
             commands,
             protection: Protection::new(),
+            earlier: VecDeque::new(),
             reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             resign_pending: None,
         }
@@ -215,8 +181,6 @@ impl Machine {
         }
     }
 
-    // ----- transitions -------------------------------------------------
-
     fn set_state(&self, state: ElectionState) {
         self.shared.state.send_if_modified(|current| {
             let changed = *current != state;
@@ -226,12 +190,15 @@ impl Machine {
     }
 
     fn emit(&self, event: LeadershipEvent) {
-        debug!(?event, "leadership event");
+        // `mono_ns`: when it happened on the machine-wide clock, so tests
+        // can order the events of several participants without trusting
+        // when they read them.
+        debug!(?event, mono_ns = clock::monotonic_ns(), "leadership event");
         let _ = self.events.send(event);
     }
 
     /// Records a fresh proof: leader work may run until the lease ends.
-    fn grant(&self, session: &Session, node: &OwnNode, proof: Instant) {
+    fn grant(&self, session: &Session, node: &OwnNode, proof: Stamp) {
         let lease = Lease { term: node.term, expires: session.timing.lease_end(proof) };
         *self.shared.lease.lock().unwrap() = Some(lease);
         // What this host now believes it may do, on the machine-wide clock:
@@ -239,8 +206,8 @@ impl Machine {
         debug!(
             event = "lease",
             term = node.term.0,
-            lease_end_ns = clock::instant_ns(lease.expires),
-            deadline_ns = clock::instant_ns(session.timing.demote_at(proof)),
+            lease_end_ns = lease.expires.monotonic_ns(),
+            deadline_ns = session.timing.demote_at(proof).monotonic_ns(),
             mono_ns = clock::monotonic_ns(),
             "lease granted"
         );
@@ -259,7 +226,7 @@ impl Machine {
         }
     }
 
-    fn elect(&self, session: &Session, node: &OwnNode, proof: Instant) {
+    fn elect(&self, session: &Session, node: &OwnNode, proof: Stamp) {
         self.grant(session, node, proof);
         self.set_state(ElectionState::Leader { term: node.term });
         self.emit(LeadershipEvent::Elected { term: node.term });
@@ -272,7 +239,7 @@ impl Machine {
         self.emit(LeadershipEvent::Suspended { term });
     }
 
-    fn resume(&self, session: &Session, node: &OwnNode, proof: Instant) {
+    fn resume(&self, session: &Session, node: &OwnNode, proof: Stamp) {
         self.grant(session, node, proof);
         self.set_state(ElectionState::Leader { term: node.term });
         self.emit(LeadershipEvent::Resumed { term: node.term });
@@ -283,8 +250,6 @@ impl Machine {
         self.set_state(ElectionState::Joining);
         self.emit(LeadershipEvent::Demoted { term, reason });
     }
-
-    // ----- sessions ----------------------------------------------------
 
     /// Establishes a session, retrying with backoff until it works or we are
     /// told to stop.
@@ -345,7 +310,7 @@ impl Machine {
             }
         };
         let timing = Timing::new(negotiated);
-        *self.shared.timing.lock().unwrap() = Some(timing);
+        self.publish_timing(timing);
         self.shared.counters.sessions.fetch_add(1, Ordering::Relaxed);
         let id = client.session_id().0;
         info!(
@@ -354,9 +319,33 @@ impl Machine {
             timeout_ms = negotiated.as_millis() as u64,
             "ZooKeeper session established"
         );
-        let states = client.state_watcher();
+        let link = Link::new(client.state_watcher());
         let data = self.config.participant.to_bytes();
-        Ok(Session { client, data, states, id, timing, started: Instant::now() })
+        Ok(Session { client, data, link, id, timing, started: Instant::now() })
+    }
+
+    /// Follows the session timeout the ensemble renegotiated at a reconnect
+    /// (a server with a lower `maxSessionTimeout` grants less to the same
+    /// session). Returns whether the timing changed; the caller publishes
+    /// it (after revoking a lease the new timing may not cover).
+    fn retime(&self, session: &mut Session) -> bool {
+        let negotiated = session.client.negotiated_session_timeout();
+        if negotiated.is_zero() || negotiated == session.timing.session_timeout {
+            return false;
+        }
+        warn!(
+            event = "session_timeout_renegotiated",
+            previous_ms = session.timing.session_timeout.as_millis() as u64,
+            negotiated_ms = negotiated.as_millis() as u64,
+            "the ensemble renegotiated the session timeout on reconnect; leases follow the new one"
+        );
+        session.timing = Timing::new(negotiated);
+        true
+    }
+
+    /// Shows `timing` to [`super::Election::timing`].
+    fn publish_timing(&self, timing: Timing) {
+        *self.shared.timing.lock().unwrap() = Some(timing);
     }
 
     /// Closes a session (which deletes any ephemeral node left). The library
@@ -364,7 +353,8 @@ impl Machine {
     /// that so nothing lingers until the session would expire.
     async fn close(&mut self, session: Session) {
         self.revoke(false);
-        let Session { client, mut states, .. } = session;
+        let Session { client, link, .. } = session;
+        let mut states = link.into_watcher();
         drop(client);
         let closing = async {
             while !states.peek_state().is_terminated() {
@@ -409,13 +399,13 @@ impl Machine {
 
     async fn await_connected(&mut self, session: &mut Session) -> Result<(), Exit> {
         loop {
-            match session.states.peek_state() {
+            match session.link.state() {
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => return Ok(()),
                 state if state.is_terminated() => return Err(Exit::SessionLost),
                 _ => {}
             }
             tokio::select! {
-                _ = session.states.changed() => {}
+                _ = session.link.changed() => {}
                 command = self.commands.recv() => self.defer(command)?,
             }
         }
@@ -434,8 +424,6 @@ impl Machine {
             }
         }
     }
-
-    // ----- the election ------------------------------------------------
 
     /// Takes part in the election for as long as the session lives.
     async fn participate(&mut self, session: &mut Session) -> Exit {
@@ -458,517 +446,6 @@ impl Machine {
                     }
                 }
                 Err(exit) => return exit,
-            }
-        }
-    }
-
-    /// Creates the election path and its parents if absent.
-    async fn ensure_parent(&mut self, session: &mut Session) -> Result<(), Exit> {
-        loop {
-            match session.client.mkdir(&self.config.path, &PERSISTENT).await {
-                Ok(()) => return Ok(()),
-                Err(err) => self.recover(session, err).await?,
-            }
-        }
-    }
-
-    /// Finds this process's node (from an interrupted create) or creates one.
-    ///
-    /// A node with our protected prefix but another session's `ephemeralOwner`
-    /// was left by an earlier session of ours: it would vanish under us, so it
-    /// is deleted rather than adopted. Only one node of ours ever survives.
-    async fn join(&mut self, session: &mut Session) -> Result<OwnNode, Exit> {
-        let parent = self.config.path.clone();
-        let data = session.data.clone();
-        'attempt: loop {
-            let children = match session.client.list_children(&parent).await {
-                Ok(children) => children,
-                Err(zk::Error::NoNode) => {
-                    self.ensure_parent(session).await?;
-                    continue;
-                }
-                Err(err) => {
-                    self.recover(session, err).await?;
-                    continue;
-                }
-            };
-            let mut kept: Option<OwnNode> = None;
-            let ours = node::in_order(&children).into_iter().filter(|(_, name)| self.protection.owns(name));
-            let ours: Vec<(i64, String)> = ours.map(|(seq, name)| (seq, name.to_string())).collect();
-            for (sequence, name) in ours {
-                let path = format!("{parent}/{name}");
-                match session.client.check_stat(&path).await {
-                    Ok(Some(stat)) if stat.ephemeral_owner == session.id && kept.is_none() => {
-                        debug!(node = %name, "found our node from an interrupted create");
-                        kept = Some(OwnNode { name, path, sequence, term: Term(stat.czxid as u64) });
-                    }
-                    Ok(Some(stat)) => {
-                        info!(node = %name, owner = format_args!("{:#x}", stat.ephemeral_owner), "deleting an election node left by an earlier session of ours");
-                        match session.client.delete(&path, None).await {
-                            Ok(()) | Err(zk::Error::NoNode) => {}
-                            Err(err) => {
-                                self.recover(session, err).await?;
-                                continue 'attempt;
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        self.recover(session, err).await?;
-                        continue 'attempt;
-                    }
-                }
-            }
-            if let Some(node) = kept {
-                return Ok(node);
-            }
-            let prefix = format!("{parent}/{}", self.protection.create_name());
-            match session.client.create(&prefix, &data, &EPHEMERAL_SEQUENTIAL).await {
-                Ok((stat, sequence)) => {
-                    let name = format!("{}{sequence}", self.protection.create_name());
-                    return Ok(OwnNode {
-                        path: format!("{parent}/{name}"),
-                        name,
-                        sequence: sequence.into_i64(),
-                        term: Term(stat.czxid as u64),
-                    });
-                }
-                Err(zk::Error::NoNode) => self.ensure_parent(session).await?,
-                // The create may have happened: the next attempt looks for it.
-                Err(err) => self.recover(session, err).await?,
-            }
-        }
-    }
-
-    /// Waits in line, watching only the node just ahead, until we lead.
-    ///
-    /// The participant next in line (the one whose predecessor leads) keeps
-    /// a *warm proof*: a `sync` + read of its own node every refresh, as a
-    /// leader does, and a watch on its own node. When the leader's node is
-    /// deleted, it leads at once on that proof, without another round trip
-    /// (see `docs/election.md`). Everyone else only waits.
-    async fn contend(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
-        let parent = self.config.path.clone();
-        let timing = session.timing;
-        // A proof (send time of a sync answered) while next in line.
-        let mut warm: Option<Instant> = None;
-        let mut leader_left = LeaderLeft::No;
-        // While next in line: a watch on our own node. The ensemble notifies
-        // changes in the order it applied them, on one connection, so if the
-        // leader's node is gone and this has not fired, our node outlived it.
-        let mut own_watch: Option<WatchFuture> = None;
-        // Set after we looked again because the node ahead seemed to lead.
-        let mut relooked = false;
-        loop {
-            if let Some((rejoin_after, done)) = self.resign_pending.take() {
-                self.delete_own(session, node, false).await?;
-                let _ = done.send(());
-                return Ok(Rejoin::After(rejoin_after));
-            }
-            // Act on the warm proof only while it leaves most of a lease.
-            let left = std::mem::replace(&mut leader_left, LeaderLeft::No);
-            let fast = warm.filter(|proof| {
-                left != LeaderLeft::No && timing.lease_end(*proof) > Instant::now() + timing.refresh
-            });
-            if let (Some(proof), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
-                match ready_now(watch) {
-                    None => {
-                        // Our last look showed only the leader ahead; nodes
-                        // created since sort after ours. So we are first.
-                        debug!(
-                            mono_ns = crate::clock::monotonic_ns(),
-                            "the leader's node went before ours; leading on the warm proof"
-                        );
-                        return self.lead(session, node, proof).await;
-                    }
-                    Some(event) if event.event_type == zk::EventType::NodeDeleted => {
-                        return Ok(own_node_gone(node));
-                    }
-                    // A session event: read instead, and watch again.
-                    Some(_) => own_watch = None,
-                }
-            }
-            let looked = match fast {
-                Some(proof) => read_children(&session.client, &parent, &node.path).await.map(|mut l| {
-                    l.at = proof;
-                    l
-                }),
-                None => look(&session.client, &parent, &node.path, true).await,
-            };
-            let look = match looked {
-                Ok(look) => {
-                    debug!(
-                        fast = fast.is_some(),
-                        mono_ns = crate::clock::monotonic_ns(),
-                        "looked at the election"
-                    );
-                    look
-                }
-                Err(zk::Error::NoNode) => return Ok(Rejoin::Now),
-                Err(err) => {
-                    warm = None;
-                    self.recover(session, err).await?;
-                    continue;
-                }
-            };
-            self.shared.counters.reads.fetch_add(1, Ordering::Relaxed);
-            match look.own {
-                Some(stat) if stat.ephemeral_owner == session.id => {}
-                _ => return Ok(own_node_gone(node)),
-            }
-            let order = node::in_order(&look.children);
-            let Some(position) = order.iter().position(|(_, name)| *name == node.name) else {
-                return Ok(Rejoin::Now);
-            };
-            if position == 0 {
-                return self.lead(session, node, look.at).await;
-            }
-            let ahead = order[position - 1].1.to_string();
-            let ahead_path = format!("{parent}/{ahead}");
-            let ahead_lease =
-                format!("{parent}/{}", node::lease_name(&ahead).expect("participant nodes have a sequence"));
-            self.set_state(ElectionState::Follower { ahead: ahead.clone(), position });
-            let next_in_line = position == 1;
-            // Everyone watches the node ahead for its deletion, and its lease
-            // node: it appears when the node ahead starts leading (so we are
-            // next in line) and, for the next in line, changes with every
-            // renewal of the leader's lease.
-            let mut ahead_changed = match session.client.check_and_watch_stat(&ahead_path).await {
-                Ok((Some(_), watcher)) => Box::pin(watcher.changed()) as WatchFuture,
-                // Gone between listing and watching: look again, don't wait.
-                Ok((None, _)) => continue,
-                Err(err) => {
-                    self.recover(session, err).await?;
-                    continue;
-                }
-            };
-            let (mut lease_changed, mut leader) = match watch_lease(&session.client, &ahead_lease).await {
-                // The node ahead leads, but we did not see ourselves next in
-                // line: our look predates its election, so look again. (Once:
-                // a lease node can outlive a term whose node an operator
-                // deleted, until its session ends.)
-                Ok((_, Some(_))) if !next_in_line && !relooked => {
-                    relooked = true;
-                    continue;
-                }
-                Ok((watch, lease)) => (watch, lease.filter(|_| next_in_line)),
-                Err(err) => {
-                    self.recover(session, err).await?;
-                    continue;
-                }
-            };
-            relooked = false;
-            if next_in_line && own_watch.is_none() {
-                match watch_own(&session.client, &node.path).await {
-                    Ok(Some(watch)) => own_watch = Some(watch),
-                    Ok(None) => return Ok(own_node_gone(node)),
-                    Err(err) => {
-                        self.recover(session, err).await?;
-                        continue;
-                    }
-                }
-            }
-            warm = if next_in_line && fast.is_none() { Some(look.at) } else { warm.filter(|_| next_in_line) };
-            let mut refresh: Option<LookFuture> = None;
-            loop {
-                let refresh_at = warm.map(|proof| proof + timing.refresh).unwrap_or_else(Instant::now);
-                let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
-                // Biased: a change of connection (after which notifications
-                // may come out of order) and our own node's deletion are
-                // seen before the leader's deletion that arrived with them.
-                tokio::select! {
-                    biased;
-                    state = session.states.changed() => {
-                        if state.is_terminated() {
-                            return Err(Exit::SessionLost);
-                        }
-                        warm = None;
-                        break;
-                    }
-                    event = async { own_watch.as_mut().unwrap().await }, if own_watch.is_some() => {
-                        own_watch = None;
-                        if event.event_type == zk::EventType::NodeDeleted {
-                            return Ok(own_node_gone(node));
-                        }
-                        break;
-                    }
-                    event = &mut ahead_changed => {
-                        debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
-                        if event.event_type == zk::EventType::NodeDeleted {
-                            self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
-                            if next_in_line {
-                                leader_left = LeaderLeft::Certainly;
-                            }
-                        }
-                        break;
-                    }
-                    event = &mut lease_changed => {
-                        if !next_in_line || event.event_type == zk::EventType::Session {
-                            // The node ahead started leading: we are next now.
-                            break;
-                        }
-                        // A renewal (or the lease's first write): note when.
-                        match watch_lease(&session.client, &ahead_lease).await {
-                            Ok((watch, lease)) => {
-                                lease_changed = watch;
-                                leader = lease;
-                            }
-                            Err(err) => {
-                                self.recover(session, err).await?;
-                                warm = None;
-                                break;
-                            }
-                        }
-                    }
-                    command = self.commands.recv() => {
-                        self.defer(command)?;
-                        break;
-                    }
-                    result = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
-                        refresh = None;
-                        warm = match result {
-                            Ok(look) if look.own.is_some_and(|stat| stat.ephemeral_owner == session.id) => Some(look.at),
-                            _ => None,
-                        };
-                    }
-                    _ = sleep_until(refresh_at.into()), if next_in_line && refresh.is_none() => {
-                        refresh = Some(start_look(&session.client, &parent, &node.path));
-                    }
-                    _ = sleep_until(takeover_at.unwrap_or_else(Instant::now).into()), if takeover_at.is_some() => {
-                        let lease = leader.take().expect("a takeover needs the leader's lease");
-                        match self.take_over(session, &parent, &ahead_path, &ahead_lease, &lease).await? {
-                            Takeover::Done => {
-                                leader_left = LeaderLeft::Certainly;
-                                break;
-                            }
-                            // Its lease went; its node may not have: look.
-                            Takeover::Gone => {
-                                leader_left = LeaderLeft::Maybe;
-                                break;
-                            }
-                            Takeover::Renewed(renewed) => leader = Some(renewed),
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The leader ahead of us has renewed nothing for longer than its own
-    /// deadline: by its own rules it stopped its job and demoted itself.
-    /// Confirm through the ensemble's leader that no renewal landed in
-    /// between, then delete its node, in one transaction with a check that
-    /// its lease is still at the version last seen (so that a renewal landing
-    /// meanwhile wins), and lead without waiting for its session to expire.
-    async fn take_over(
-        &mut self,
-        session: &mut Session,
-        parent: &str,
-        leader_path: &str,
-        lease_path: &str,
-        lease: &LeaderLease,
-    ) -> Result<Takeover, Exit> {
-        let renewed =
-            |version: i32| Takeover::Renewed(LeaderLease { version, seen_at: Instant::now(), ..*lease });
-        let sync = session.client.sync(parent);
-        let read = session.client.check_stat(lease_path);
-        let current = match (sync.await, read.await) {
-            (Ok(()), Ok(stat)) => stat,
-            (Err(err), _) | (_, Err(err)) => {
-                self.recover(session, err).await?;
-                return Ok(renewed(lease.version));
-            }
-        };
-        let Some(stat) = current else { return Ok(Takeover::Gone) };
-        if stat.version != lease.version {
-            return Ok(renewed(stat.version));
-        }
-        let mut multi = session.client.new_multi_writer();
-        let built = multi
-            .add_check_version(lease_path, lease.version)
-            .and_then(|()| multi.add_delete(leader_path, None))
-            .and_then(|()| multi.add_delete(lease_path, None));
-        if built.is_err() {
-            return Ok(renewed(lease.version));
-        }
-        match multi.commit().await {
-            Ok(_) => {
-                self.shared.counters.takeovers.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    event = "took_over",
-                    node = leader_path,
-                    silent_ms = lease.seen_at.elapsed().as_millis() as u64,
-                    mono_ns = crate::clock::monotonic_ns(),
-                    "the leader renewed nothing past its deadline; deleted its election node to take over"
-                );
-                Ok(Takeover::Done)
-            }
-            // The lease moved on (or went): the leader lives, or left.
-            Err(zk::MultiWriteError::OperationFailed { index: 0, source: zk::Error::BadVersion }) => {
-                Ok(renewed(lease.version))
-            }
-            Err(zk::MultiWriteError::OperationFailed { .. }) => Ok(Takeover::Gone),
-            Err(zk::MultiWriteError::RequestFailed { source }) => {
-                self.recover(session, source).await?;
-                Ok(renewed(lease.version))
-            }
-        }
-    }
-
-    /// Leads until the term ends; keeps the lease fresh and enforces the
-    /// deadline. Returns how to rejoin, or why the session must go.
-    async fn lead(&mut self, session: &mut Session, node: &OwnNode, proof: Instant) -> Result<Rejoin, Exit> {
-        let term = node.term;
-        let timing = session.timing;
-        let mut proof = proof;
-        self.elect(session, node, proof);
-        info!(
-            event = "lease",
-            term = term.0,
-            lease_ms = timing.lease.as_millis() as u64,
-            deadline_ms = timing.deadline.as_millis() as u64,
-            "leading"
-        );
-
-        // The first renewal, right away, creates our lease node: the one
-        // behind us sees it appear and follows our renewals from then on.
-        let record = LeaseRecord { node: node.name.clone(), deadline_ms: timing.deadline.as_millis() as u64 }
-            .to_bytes();
-        let mut create_lease = true;
-        let mut refresh: Option<RenewalFuture> =
-            Some(start_renewal(&session.client, node, &record, create_lease));
-        let mut own_watch = match watch_own(&session.client, &node.path).await {
-            Ok(Some(watch)) => watch,
-            Ok(None) => {
-                self.demote(term, DemoteReason::NodeDeleted);
-                return Ok(Rejoin::Now);
-            }
-            Err(_) => Box::pin(std::future::pending()),
-        };
-        let mut suspended = false;
-        let mut next_refresh = proof + timing.refresh;
-
-        loop {
-            let lease_end = timing.lease_end(proof);
-            let demote_at = timing.demote_at(proof);
-            tokio::select! {
-                biased;
-                _ = sleep_until(demote_at.into()) => {
-                    warn!(term = term.0, since_proof_ms = proof.elapsed().as_millis() as u64, "no proof of leadership before the deadline; demoting before the session can expire");
-                    self.demote(term, DemoteReason::ConnectionLost);
-                    return Err(Exit::SessionLost);
-                }
-                command = self.commands.recv() => {
-                    drop(refresh);
-                    return match command {
-                        Some(Command::Resign { rejoin_after, done }) => {
-                            self.demote(term, DemoteReason::Resigned);
-                            self.delete_own(session, node, true).await?;
-                            let _ = done.send(());
-                            Ok(Rejoin::After(rejoin_after))
-                        }
-                        // Delete the node first: the successor waits on that
-                        // write only. (Closing the session would delete it
-                        // too, but a close is a slower transaction.)
-                        Some(Command::Shutdown { done }) => {
-                            self.demote(term, DemoteReason::Shutdown);
-                            let _ = self.delete_own(session, node, true).await;
-                            Err(Exit::Shutdown(Some(done)))
-                        }
-                        None => {
-                            self.demote(term, DemoteReason::Shutdown);
-                            Err(Exit::Shutdown(None))
-                        }
-                    };
-                }
-                state = session.states.changed() => match state {
-                    zk::SessionState::Disconnected => {
-                        refresh = None;
-                        if !suspended {
-                            suspended = true;
-                            self.suspend(term, "connection lost");
-                        }
-                    }
-                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        // Same session, maybe another server: renew right away.
-                        if refresh.is_none() {
-                            refresh = Some(start_renewal(&session.client, node, &record, create_lease));
-                        }
-                    }
-                    zk::SessionState::Expired => {
-                        self.demote(term, DemoteReason::SessionExpired);
-                        return Err(Exit::SessionLost);
-                    }
-                    _ => {
-                        self.demote(term, DemoteReason::ConnectionLost);
-                        return Err(Exit::SessionLost);
-                    }
-                },
-                event = &mut own_watch => match event.event_type {
-                    zk::EventType::NodeDeleted => {
-                        self.demote(term, DemoteReason::NodeDeleted);
-                        // Our lease node would otherwise outlive the term.
-                        let _ = session.client.delete(&node.lease_path(), None).await;
-                        return Ok(Rejoin::Now);
-                    }
-                    // Session events are handled by the state watcher above.
-                    zk::EventType::Session => own_watch = Box::pin(std::future::pending()),
-                    _ => {
-                        own_watch = match watch_own(&session.client, &node.path).await {
-                            Ok(Some(watch)) => watch,
-                            Ok(None) => {
-                                self.demote(term, DemoteReason::NodeDeleted);
-                                return Ok(Rejoin::Now);
-                            }
-                            Err(_) => Box::pin(std::future::pending()),
-                        };
-                    }
-                },
-                result = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
-                    refresh = None;
-                    match result {
-                        Ok(Renewal::Renewed(at)) => {
-                            create_lease = false;
-                            proof = at;
-                            next_refresh = proof + timing.refresh;
-                            if suspended {
-                                suspended = false;
-                                self.resume(session, node, proof);
-                            } else {
-                                self.grant(session, node, proof);
-                            }
-                        }
-                        Ok(Renewal::Retry { create }) => {
-                            create_lease = create;
-                            refresh = Some(start_renewal(&session.client, node, &record, create_lease));
-                        }
-                        Ok(Renewal::NodeGone) => {
-                            self.demote(term, DemoteReason::NodeDeleted);
-                            return Ok(Rejoin::Now);
-                        }
-                        Err(zk::Error::SessionExpired) => {
-                            self.demote(term, DemoteReason::SessionExpired);
-                            return Err(Exit::SessionLost);
-                        }
-                        Err(err) => {
-                            // Connection loss: the state watcher starts the
-                            // next renewal on reconnect; otherwise retry soon.
-                            debug!(error = %err, "lease renewal failed");
-                            if !suspended && err == zk::Error::ConnectionLoss {
-                                suspended = true;
-                                self.suspend(term, "connection lost");
-                            }
-                            next_refresh = Instant::now() + timing.refresh.min(Duration::from_millis(100));
-                        }
-                    }
-                }
-                _ = sleep_until(lease_end.into()), if !suspended => {
-                    suspended = true;
-                    self.suspend(term, "lease ran out without a fresh proof");
-                }
-                _ = sleep_until(next_refresh.into()), if refresh.is_none() => {
-                    refresh = Some(start_renewal(&session.client, node, &record, create_lease));
-                }
             }
         }
     }
@@ -1017,111 +494,6 @@ impl Machine {
             }
         }
     }
-}
-
-/// Sends `sync`, then reads the children and our own node, pipelined on one
-/// connection: the reads are served after the sync, so they reflect every
-/// write the ensemble committed before `at`.
-async fn look(client: &zk::Client, parent: &str, own: &str, with_children: bool) -> Result<Look, zk::Error> {
-    let at = Instant::now();
-    let sync = client.sync(parent);
-    let children = with_children.then(|| client.list_children(parent));
-    let own = client.check_stat(own);
-    sync.await?;
-    let children = match children {
-        Some(children) => children.await?,
-        None => Vec::new(),
-    };
-    let own = own.await?;
-    Ok(Look { at, children, own })
-}
-
-/// Reads the children and our own node, without a `sync`: for a participant
-/// that holds a recent proof and was just told its predecessor is gone.
-async fn read_children(client: &zk::Client, parent: &str, own: &str) -> Result<Look, zk::Error> {
-    let at = Instant::now();
-    let children = client.list_children(parent);
-    let own = client.check_stat(own);
-    let children = children.await?;
-    let own = own.await?;
-    Ok(Look { at, children, own })
-}
-
-fn start_look(client: &zk::Client, parent: &str, own: &str) -> LookFuture {
-    let client = client.clone();
-    let (parent, own) = (parent.to_string(), own.to_string());
-    Box::pin(async move { look(&client, &parent, &own, false).await })
-}
-
-/// Watches the lease node of the node ahead. If it exists (the node ahead
-/// leads), also reads it: `Some` lease, and a watch that fires on the next
-/// renewal. If not, a watch that fires when it is created.
-async fn watch_lease(
-    client: &zk::Client,
-    path: &str,
-) -> Result<(WatchFuture, Option<LeaderLease>), zk::Error> {
-    loop {
-        match client.get_and_watch_data(path).await {
-            Ok((data, stat, watcher)) => {
-                let lease = LeaseRecord::from_bytes(&data).map(|record| LeaderLease {
-                    version: stat.version,
-                    seen_at: Instant::now(),
-                    deadline: Duration::from_millis(record.deadline_ms),
-                });
-                return Ok((Box::pin(watcher.changed()), lease));
-            }
-            Err(zk::Error::NoNode) => match client.check_and_watch_stat(path).await? {
-                (None, watcher) => return Ok((Box::pin(watcher.changed()), None)),
-                // Created in between: read it.
-                (Some(_), _) => continue,
-            },
-            Err(err) => return Err(err),
-        }
-    }
-}
-
-/// How a lease renewal went.
-enum Renewal {
-    /// Renewed: the proof is when it was sent.
-    Renewed(Instant),
-    /// Our election node is gone.
-    NodeGone,
-    /// The lease node was missing (renew by creating it) or already there
-    /// (renew by writing it): try again the other way.
-    Retry { create: bool },
-}
-
-type RenewalFuture = Pin<Box<dyn Future<Output = Result<Renewal, zk::Error>> + Send>>;
-
-/// Renews the lease: one transaction that checks our election node exists
-/// and writes our lease node (creating it at the first renewal). The
-/// ensemble accepts it only from a live session; it bumps the lease node's
-/// version, which tells the next in line.
-fn start_renewal(client: &zk::Client, node: &OwnNode, record: &[u8], create: bool) -> RenewalFuture {
-    let client = client.clone();
-    let (own, lease, record) = (node.path.clone(), node.lease_path(), record.to_vec());
-    Box::pin(async move {
-        let at = Instant::now();
-        let mut multi = client.new_multi_writer();
-        multi.add_check_version(&own, -1)?;
-        if create {
-            multi.add_create(&lease, &record, &EPHEMERAL)?;
-        } else {
-            multi.add_set_data(&lease, &record, None)?;
-        }
-        match multi.commit().await {
-            Ok(_) => Ok(Renewal::Renewed(at)),
-            Err(zk::MultiWriteError::OperationFailed { index: 0, .. }) => Ok(Renewal::NodeGone),
-            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => {
-                Ok(Renewal::Retry { create: true })
-            }
-            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NodeExists, .. }) => {
-                Ok(Renewal::Retry { create: false })
-            }
-            Err(zk::MultiWriteError::OperationFailed { source, .. }) => Err(source),
-            Err(zk::MultiWriteError::RequestFailed { source }) => Err(source),
-        }
-    })
 }
 
 /// Our election node vanished under a live session (an operator): join again.

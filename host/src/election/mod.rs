@@ -3,9 +3,10 @@
 //!
 //! It knows nothing of WebAssembly. It reports leadership as
 //! [`LeadershipEvent`]s over a channel and answers [`Election::confirmed`]
-//! for callers about to do leader work. Every state change happens in
-//! `machine.rs`; `docs/election.md` explains the states, the lease and the
-//! deadline.
+//! for callers about to do leader work. Every state change goes through
+//! `machine.rs` (its phases: `machine/join.rs`, `follow.rs`, `lead.rs`);
+//! `link.rs` owns connection-state changes; `docs/election.md` explains the
+//! states, the lease and the deadline.
 //!
 //! ```text
 //!            connect + create node
@@ -17,6 +18,7 @@
 //!     └──────────────── Demoted ◀──── deadline / expiry ────────────── Suspended
 //! ```
 
+mod link;
 mod machine;
 pub mod node;
 pub mod timing;
@@ -24,7 +26,7 @@ pub mod timing;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,6 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use node::Participant;
 pub use timing::Timing;
 
+use crate::clock::{Clock, Stamp, SystemClock};
 use crate::zkpath::ConnectString;
 
 /// The fencing token of one leader's term.
@@ -156,8 +159,9 @@ pub enum ElectionState {
 pub struct Lease {
     /// The term the proof is for.
     pub term: Term,
-    /// When the proof stops being good enough (monotonic clock).
-    pub expires: Instant,
+    /// When the proof stops being good enough: reached when CLOCK_BOOTTIME
+    /// (which counts suspend) or the wall clock gets there.
+    pub expires: Stamp,
 }
 
 /// What a leader needs to make writes that fail once it no longer leads.
@@ -215,6 +219,7 @@ struct Counters {
 
 /// State shared between the election task and its handles.
 struct Shared {
+    clock: Arc<dyn Clock>,
     lease: Mutex<Option<Lease>>,
     fence: Mutex<Option<Fence>>,
     timing: Mutex<Option<Timing>>,
@@ -239,6 +244,7 @@ impl Election {
     pub fn start(config: ElectionConfig) -> (Election, mpsc::UnboundedReceiver<LeadershipEvent>) {
         let (state, _) = watch::channel(ElectionState::Joining);
         let shared = Arc::new(Shared {
+            clock: Arc::new(SystemClock),
             lease: Mutex::new(None),
             fence: Mutex::new(None),
             timing: Mutex::new(None),
@@ -255,10 +261,11 @@ impl Election {
     /// Recent proof of leadership, if this host leads and the ensemble
     /// confirmed it within the lease. Ask right before running leader work:
     /// it costs no round trip, and it turns false by itself when proof ages,
-    /// even in a process that was frozen and has not yet noticed.
+    /// even in a process that was frozen, or a machine that was suspended or
+    /// paused, and has not yet noticed.
     pub fn confirmed(&self) -> Option<Lease> {
         let lease = (*self.shared.lease.lock().unwrap())?;
-        (Instant::now() < lease.expires).then_some(lease)
+        (!lease.expires.reached(self.shared.clock.now())).then_some(lease)
     }
 
     /// The current state.
@@ -309,5 +316,89 @@ impl Election {
         if self.commands.send(Command::Shutdown { done }).is_ok() {
             let _ = wait.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// A handle whose lease is read on `clock`, with no machine behind it.
+    fn handle(clock: Arc<ManualClock>) -> Election {
+        let (state, _) = watch::channel(ElectionState::Joining);
+        let shared = Arc::new(Shared {
+            clock,
+            lease: Mutex::new(None),
+            fence: Mutex::new(None),
+            timing: Mutex::new(None),
+            state,
+            counters: Counters::default(),
+        });
+        Election { shared, commands: mpsc::unbounded_channel().0 }
+    }
+
+    /// Grants a lease as the machine does: from a proof read on `clock`.
+    fn grant(election: &Election, clock: &ManualClock, timing: &Timing) {
+        let proof = clock.now();
+        *election.shared.lease.lock().unwrap() =
+            Some(Lease { term: Term(7), expires: timing.lease_end(proof) });
+    }
+
+    #[test]
+    fn a_lease_lasts_half_the_session_timeout_from_its_proof() {
+        let clock = Arc::new(ManualClock::new());
+        let election = handle(clock.clone());
+        let timing = Timing::new(Duration::from_secs(4));
+        assert_eq!(election.confirmed(), None);
+        grant(&election, &clock, &timing);
+        clock.run(Duration::from_millis(1999));
+        assert_eq!(election.confirmed().map(|l| l.term), Some(Term(7)));
+        clock.run(Duration::from_millis(1));
+        assert_eq!(election.confirmed(), None);
+    }
+
+    #[test]
+    fn a_suspended_machine_wakes_with_its_lease_expired() {
+        let clock = Arc::new(ManualClock::new());
+        let election = handle(clock.clone());
+        let timing = Timing::new(Duration::from_secs(4));
+        grant(&election, &clock, &timing);
+        clock.run(Duration::from_millis(500));
+        // CLOCK_MONOTONIC does not move during suspend; CLOCK_BOOTTIME does.
+        let before = clock.now().mono_ns;
+        clock.suspend(Duration::from_secs(10));
+        assert_eq!(clock.now().mono_ns, before);
+        assert_eq!(election.confirmed(), None);
+    }
+
+    #[test]
+    fn a_paused_vm_wakes_with_its_lease_expired() {
+        let clock = Arc::new(ManualClock::new());
+        let election = handle(clock.clone());
+        let timing = Timing::new(Duration::from_secs(4));
+        grant(&election, &clock, &timing);
+        clock.run(Duration::from_millis(500));
+        // The hypervisor paused the VM longer than the session timeout: the
+        // guest's BOOTTIME missed it too; only the wall clock jumped.
+        let before = clock.now().boot_ns;
+        clock.pause_vm(Duration::from_secs(10));
+        assert_eq!(clock.now().boot_ns, before);
+        assert_eq!(election.confirmed(), None);
+    }
+
+    #[test]
+    fn a_wall_clock_step_back_does_not_stretch_a_lease() {
+        let clock = Arc::new(ManualClock::new());
+        let election = handle(clock.clone());
+        let timing = Timing::new(Duration::from_secs(4));
+        grant(&election, &clock, &timing);
+        // NTP steps the wall clock back an hour: BOOTTIME still ends the
+        // lease on time.
+        clock.step_wall_back(Duration::from_secs(3600));
+        clock.run(Duration::from_millis(1999));
+        assert!(election.confirmed().is_some());
+        clock.run(Duration::from_millis(1));
+        assert_eq!(election.confirmed(), None);
     }
 }

@@ -3,23 +3,28 @@
 //! Nodes are named the way Apache Curator's `LeaderLatch` names them,
 //! `_c_<uuid>-latch-<sequence>`, so zkrun and Curator participants can share
 //! one election: both order nodes by the sequence after `latch-`. The
-//! `_c_<uuid>-` prefix is unique to one zkrun process, which is what lets a
-//! create that was interrupted by a lost connection be found again instead of
-//! being retried blindly (Curator calls this "protection").
+//! `_c_<uuid>-` prefix is fresh for every join (kept across the retries of
+//! its one create), which is what lets a create that was interrupted by a
+//! lost connection be found again instead of being retried blindly (Curator
+//! calls this "protection"), and what keeps a node name, and so a fencing
+//! path, from ever being used twice, even where sequence numbers restart.
 
 use serde::{Deserialize, Serialize};
 
 /// The lock name Curator's `LeaderLatch` uses; the sequence follows it.
 const LATCH: &str = "latch-";
 
-/// The protected prefix of every node this process creates.
+/// The prefix of lease node names; the leader's sequence follows it.
+const LEASE: &str = "zkrun-lease-";
+
+/// The protected prefix of the node one join creates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
     prefix: String,
 }
 
 impl Protection {
-    /// A fresh random prefix for this process.
+    /// A fresh random prefix, for one join.
     pub fn new() -> Protection {
         Protection { prefix: format!("_c_{}-", uuid::Uuid::new_v4()) }
     }
@@ -29,7 +34,7 @@ impl Protection {
         format!("{}{LATCH}", self.prefix)
     }
 
-    /// Whether `node` was created by this process (in any session).
+    /// Whether `node` was created with this prefix.
     pub fn owns(&self, node: &str) -> bool {
         node.starts_with(&self.prefix)
     }
@@ -68,7 +73,13 @@ pub fn in_order(children: &[String]) -> Vec<(i64, &str)> {
 /// participant node and never take it for one.
 pub fn lease_name(node: &str) -> Option<String> {
     let at = node.rfind(LATCH)?;
-    Some(format!("zkrun-lease-{}", &node[at + LATCH.len()..]))
+    Some(format!("{LEASE}{}", &node[at + LATCH.len()..]))
+}
+
+/// Whether `name` is a lease node's name (`zkrun-lease-<sequence>`).
+pub fn is_lease_name(name: &str) -> bool {
+    name.strip_prefix(LEASE)
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// What a zkrun leader keeps in its lease node, renewed every refresh.
@@ -170,6 +181,8 @@ mod tests {
         let node = "_c_1234-latch-0000000042";
         let lease = lease_name(node).unwrap();
         assert_eq!(lease, "zkrun-lease-0000000042");
+        assert!(is_lease_name(&lease));
+        assert!(!is_lease_name(node) && !is_lease_name("zkrun-lease-") && !is_lease_name("state"));
         assert_eq!(sequence(&lease), None);
         // Curator compares names without `latch-` whole: after any digits.
         assert!(lease.as_str() > "9999999999");

@@ -1,9 +1,10 @@
 //! How long a leader may act on one proof, and when it must give up.
 //!
 //! Every number here is derived from the *negotiated* session timeout `T`,
-//! and every instant is measured on the monotonic clock from the moment this
-//! host **sent** a request that the ensemble then answered (a *proof*), never
-//! from the moment the host noticed a problem.
+//! and every moment is measured from the moment this host **sent** a request
+//! that the ensemble then answered (a *proof*), never from the moment the
+//! host noticed a problem, on CLOCK_BOOTTIME and the wall clock together
+//! (see [`crate::clock`]): a lease ends when either clock says so.
 //!
 //! Why the send time: ZooKeeper's leader expires a session only after it has
 //! received nothing on that session for `T`. A request answered by the
@@ -23,7 +24,9 @@
 //! moment anyone else can be elected: room for clock-rate differences between
 //! this host and the ensemble and for the demotion to reach the job.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Stamp;
 
 /// Lease and deadline lengths derived from one negotiated session timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +53,13 @@ impl Timing {
     }
 
     /// When leader work stops being allowed, for a proof sent at `proof`.
-    pub fn lease_end(&self, proof: Instant) -> Instant {
-        proof + self.lease
+    pub fn lease_end(&self, proof: Stamp) -> Stamp {
+        proof.after(self.lease)
     }
 
     /// When a leader without a newer proof than `proof` must be demoted.
-    pub fn demote_at(&self, proof: Instant) -> Instant {
-        proof + self.deadline
+    pub fn demote_at(&self, proof: Stamp) -> Stamp {
+        proof.after(self.deadline)
     }
 }
 
@@ -104,6 +107,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
     #[test]
     fn lease_and_deadline_fit_inside_the_session_timeout() {
@@ -112,8 +116,8 @@ mod tests {
             assert!(t.refresh < t.lease, "{t:?}");
             assert!(t.lease < t.deadline, "{t:?}");
             assert!(t.deadline < t.session_timeout, "{t:?}");
-            let now = Instant::now();
-            assert!(t.lease_end(now) < t.demote_at(now));
+            let now = crate::clock::SystemClock.now();
+            assert!(t.lease_end(now).boot_ns < t.demote_at(now).boot_ns);
         }
     }
 

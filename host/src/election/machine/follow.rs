@@ -1,0 +1,611 @@
+//! Following: waiting in line behind the node just ahead; while next in
+//! line, keeping a warm proof; taking over from a silent leader; and never
+//! taking the lead before the previous leader has stood down.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::time::sleep_until;
+use tracing::{debug, info, warn};
+use zookeeper_client as zk;
+
+use super::{Exit, Machine, OwnNode, Rejoin, Session, WatchFuture, own_node_gone, ready_now, watch_own};
+use crate::clock::{self, Clock, Stamp};
+use crate::election::ElectionState;
+use crate::election::node::{self, LeaseRecord};
+use crate::election::timing::Timing;
+
+/// One consistent look at the election, taken right after a `sync`, so it is
+/// as fresh as the ensemble's leader at `at` (when the sync was sent).
+struct Look {
+    at: Stamp,
+    /// The connection generation the sync was sent in.
+    generation: u64,
+    children: Vec<String>,
+    own: Option<zk::Stat>,
+}
+
+impl Look {
+    /// The proof this look gives.
+    fn proof(&self) -> Proof {
+        Proof { at: self.at, generation: self.generation }
+    }
+}
+
+/// A sync this host sent and the ensemble answered: the session was alive
+/// at `at`, and reads behind it were current, on connection `generation`.
+#[derive(Clone, Copy, Debug)]
+struct Proof {
+    at: Stamp,
+    generation: u64,
+}
+
+type LookFuture = Pin<Box<dyn Future<Output = Result<Look, zk::Error>> + Send>>;
+
+/// What the next in line knows of the leader's lease.
+#[derive(Clone, Copy, Debug)]
+struct LeaderLease {
+    /// The lease node's version last seen: each renewal bumps it.
+    version: i32,
+    /// When we learned of that version. The renewal behind it was sent
+    /// before, so the leader's deadline counts from earlier still.
+    seen_at: Instant,
+    /// The leader's deadline, from its lease record.
+    deadline: Duration,
+}
+
+impl LeaderLease {
+    /// When the leader has certainly demoted itself.
+    fn takeover_at(&self) -> Instant {
+        // The margin covers the clocks of two hosts running at slightly
+        // different rates, and the leader's demotion reaching its job.
+        self.seen_at + self.deadline + self.deadline * 3 / 20
+    }
+}
+
+/// What a participant knows of the lease node of the node ahead of it.
+#[derive(Clone, Copy, Debug)]
+enum AheadLease {
+    /// There is none. A zkrun participant creates its lease node before it
+    /// leads, and removes it only after it stood down, so the node ahead
+    /// does not lead (or is a Curator participant, which has no lease).
+    Absent,
+    /// There is one: the node ahead leads, or has not stood down yet.
+    Held(LeaderLease),
+}
+
+impl AheadLease {
+    fn held(self) -> Option<LeaderLease> {
+        match self {
+            AheadLease::Absent => None,
+            AheadLease::Held(lease) => Some(lease),
+        }
+    }
+}
+
+/// What the next in line knows of the leader's node after waking up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaderLeft {
+    /// Nothing new: look as usual.
+    No,
+    /// It may be gone (its lease node went): a plain read tells.
+    Maybe,
+    /// It is gone: its deletion was notified, or was our own takeover.
+    Certainly,
+}
+
+/// How a takeover attempt ended.
+enum Takeover {
+    /// We deleted the silent leader's node.
+    Done,
+    /// The leader renewed meanwhile (or we could not tell): keep following.
+    Renewed(LeaderLease),
+    /// The leader's node is gone already.
+    Gone,
+    /// Our own node is gone: we are not in line any more.
+    OwnGone,
+}
+
+impl Machine {
+    /// Waits in line, watching only the node just ahead, until we lead.
+    ///
+    /// The participant next in line (the one whose predecessor leads) keeps
+    /// a *warm proof*: a `sync` + read of its own node every refresh, as a
+    /// leader does, and a watch on its own node. When the leader's node is
+    /// deleted (and its lease node with it: the leader stood down), it
+    /// takes the lead on that proof without a read (see `docs/election.md`).
+    /// Everyone else only waits.
+    pub(super) async fn contend(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
+        let parent = self.config.path.clone();
+        let mut timing;
+        // A proof (send time of a sync answered) while next in line.
+        let mut warm: Option<Proof> = None;
+        let mut leader_left = LeaderLeft::No;
+        // While next in line: a watch on our own node. The ensemble notifies
+        // changes in the order it applied them, on one connection, so if the
+        // leader's node is gone and this has not fired, our node outlived it.
+        let mut own_watch: Option<WatchFuture> = None;
+        // Set after we looked again because the node ahead seemed to lead.
+        let mut relooked = false;
+        loop {
+            if self.retime(session) {
+                self.publish_timing(session.timing);
+            }
+            timing = session.timing;
+            if let Some((rejoin_after, done)) = self.resign_pending.take() {
+                self.delete_own(session, node, false).await?;
+                let _ = done.send(());
+                return Ok(Rejoin::After(rejoin_after));
+            }
+            // Act on the warm proof only while it leaves most of a lease,
+            // and only on the connection it was taken on: across a
+            // reconnect, notifications may have been lost or reordered.
+            let left = std::mem::replace(&mut leader_left, LeaderLeft::No);
+            let generation = session.link.generation();
+            let soon = self.shared.clock.now().after(timing.refresh);
+            let fast = warm.filter(|proof| {
+                left != LeaderLeft::No
+                    && proof.generation == generation
+                    && !timing.lease_end(proof.at).reached(soon)
+            });
+            if let (Some(_), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
+                match ready_now(watch) {
+                    None => {
+                        // Our last look showed only the leader ahead; nodes
+                        // created since sort after ours. So we are first.
+                        debug!(
+                            mono_ns = crate::clock::monotonic_ns(),
+                            "the leader's node went before ours; leading on the warm proof"
+                        );
+                        return self.take_lead(session, node).await;
+                    }
+                    Some(event) if event.event_type == zk::EventType::NodeDeleted => {
+                        return Ok(own_node_gone(node));
+                    }
+                    // A session event: read instead, and watch again.
+                    Some(_) => own_watch = None,
+                }
+            }
+            let looked = match fast {
+                Some(proof) => read_children(&session.client, proof, &parent, &node.path).await,
+                None => {
+                    look(&session.client, &*self.shared.clock, generation, &parent, &node.path, true).await
+                }
+            };
+            let look = match looked {
+                Ok(look) => {
+                    debug!(
+                        fast = fast.is_some(),
+                        mono_ns = crate::clock::monotonic_ns(),
+                        "looked at the election"
+                    );
+                    look
+                }
+                Err(zk::Error::NoNode) => return Ok(Rejoin::Now),
+                Err(err) => {
+                    warm = None;
+                    self.recover(session, err).await?;
+                    continue;
+                }
+            };
+            self.shared.counters.reads.fetch_add(1, Ordering::Relaxed);
+            match look.own {
+                Some(stat) if stat.ephemeral_owner == session.id => {}
+                _ => return Ok(own_node_gone(node)),
+            }
+            let order = node::in_order(&look.children);
+            let Some(position) = order.iter().position(|(_, name)| *name == node.name) else {
+                return Ok(Rejoin::Now);
+            };
+            if position == 0 {
+                // First in line; but a lease node of an earlier leader means
+                // that leader has not stood down yet (it removes its lease
+                // node only after it stopped its job).
+                if let Some(lease) = standing_lease(&look.children, node) {
+                    self.await_stand_down(session, &parent, &lease).await?;
+                    continue;
+                }
+                return self.take_lead(session, node).await;
+            }
+            let ahead = order[position - 1].1.to_string();
+            let ahead_path = format!("{parent}/{ahead}");
+            let ahead_lease =
+                format!("{parent}/{}", node::lease_name(&ahead).expect("participant nodes have a sequence"));
+            self.set_state(ElectionState::Follower { ahead: ahead.clone(), position });
+            let next_in_line = position == 1;
+            // Everyone watches the node ahead for its deletion, and its lease
+            // node: it appears when the node ahead starts leading (so we are
+            // next in line) and, for the next in line, changes with every
+            // renewal of the leader's lease.
+            let mut ahead_changed = match session.client.check_and_watch_stat(&ahead_path).await {
+                Ok((Some(_), watcher)) => Box::pin(watcher.changed()) as WatchFuture,
+                // Gone between listing and watching: look again, don't wait.
+                Ok((None, _)) => continue,
+                Err(err) => {
+                    self.recover(session, err).await?;
+                    continue;
+                }
+            };
+            let (mut lease_changed, mut leader) =
+                match watch_lease(&session.client, &ahead_lease, timing).await {
+                    // The node ahead leads, but we did not see ourselves next in
+                    // line: our look predates its election, so look again. (Once:
+                    // a lease node can outlive a term whose node an operator
+                    // deleted, until its leader hears of it.)
+                    Ok((_, AheadLease::Held(_))) if !next_in_line && !relooked => {
+                        relooked = true;
+                        continue;
+                    }
+                    Ok((watch, lease)) => (watch, lease.held().filter(|_| next_in_line)),
+                    Err(err) => {
+                        self.recover(session, err).await?;
+                        continue;
+                    }
+                };
+            relooked = false;
+            if next_in_line && own_watch.is_none() {
+                match watch_own(&session.client, &node.path).await {
+                    Ok(Some(watch)) => own_watch = Some(watch),
+                    Ok(None) => return Ok(own_node_gone(node)),
+                    Err(err) => {
+                        self.recover(session, err).await?;
+                        continue;
+                    }
+                }
+            }
+            warm = if next_in_line && fast.is_none() {
+                Some(look.proof())
+            } else {
+                warm.filter(|_| next_in_line)
+            };
+            let mut refresh: Option<LookFuture> = None;
+            // The leader's node is gone, but not (yet) its lease node.
+            let mut ahead_gone = false;
+            loop {
+                let refresh_at = warm
+                    .map(|proof| proof.at.after(timing.refresh).instant(&*self.shared.clock))
+                    .unwrap_or_else(Instant::now);
+                let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
+                // Biased: a change of connection (after which notifications
+                // may come out of order) and our own node's deletion are
+                // seen before the leader's deletion that arrived with them.
+                tokio::select! {
+                    biased;
+                    state = session.link.changed() => {
+                        if state.is_terminated() {
+                            return Err(Exit::SessionLost);
+                        }
+                        warm = None;
+                        break;
+                    }
+                    event = async { own_watch.as_mut().unwrap().await }, if own_watch.is_some() => {
+                        own_watch = None;
+                        if event.event_type == zk::EventType::NodeDeleted {
+                            return Ok(own_node_gone(node));
+                        }
+                        break;
+                    }
+                    event = &mut ahead_changed => {
+                        debug!(node = %ahead, event = ?event.event_type, mono_ns = crate::clock::monotonic_ns(), "the node ahead changed");
+                        if event.event_type == zk::EventType::NodeDeleted {
+                            self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+                            if next_in_line {
+                                // Did the leader stand down, or was its node
+                                // deleted under it (an operator) while it
+                                // still works? Its lease node tells: a
+                                // leader removes it with its node, or right
+                                // after it stopped its job. A change of it
+                                // notified before this deletion is ready now.
+                                let lease = match ready_now(&mut lease_changed) {
+                                    None => leader.map_or(AheadLease::Absent, AheadLease::Held),
+                                    Some(event) if event.event_type == zk::EventType::NodeDeleted => {
+                                        lease_changed = Box::pin(std::future::pending());
+                                        AheadLease::Absent
+                                    }
+                                    Some(_) => match watch_lease(&session.client, &ahead_lease, timing).await {
+                                        Ok((watch, lease)) => {
+                                            lease_changed = watch;
+                                            lease
+                                        }
+                                        Err(err) => {
+                                            self.recover(session, err).await?;
+                                            warm = None;
+                                            break;
+                                        }
+                                    },
+                                };
+                                match lease {
+                                    AheadLease::Absent => leader_left = LeaderLeft::Certainly,
+                                    AheadLease::Held(lease) => {
+                                        info!(
+                                            event = "awaiting_stand_down",
+                                            node = %ahead,
+                                            mono_ns = clock::monotonic_ns(),
+                                            "the leader's node is gone but not its lease node: waiting until the lease node goes or the leader's deadline passes"
+                                        );
+                                        leader = Some(lease);
+                                        ahead_gone = true;
+                                        ahead_changed = Box::pin(std::future::pending());
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                        break;
+                    }
+                    event = &mut lease_changed => {
+                        if !next_in_line || event.event_type == zk::EventType::Session {
+                            // The node ahead started leading: we are next now.
+                            break;
+                        }
+                        if ahead_gone && event.event_type == zk::EventType::NodeDeleted {
+                            // The leader stood down (its lease node went with
+                            // or after its node): no need to read anything.
+                            leader_left = LeaderLeft::Certainly;
+                            break;
+                        }
+                        // A renewal (or the lease's first write): note when.
+                        match watch_lease(&session.client, &ahead_lease, timing).await {
+                            Ok((watch, lease)) => {
+                                lease_changed = watch;
+                                leader = lease.held();
+                                if ahead_gone && leader.is_none() {
+                                    // The leader stood down.
+                                    leader_left = LeaderLeft::Certainly;
+                                    break;
+                                }
+                            }
+                            Err(err) => {
+                                self.recover(session, err).await?;
+                                warm = None;
+                                break;
+                            }
+                        }
+                    }
+                    command = self.commands.recv() => {
+                        self.defer(command)?;
+                        break;
+                    }
+                    result = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
+                        refresh = None;
+                        warm = match result {
+                            Ok(look) if look.own.is_some_and(|stat| stat.ephemeral_owner == session.id) => Some(look.proof()),
+                            _ => None,
+                        };
+                    }
+                    _ = sleep_until(refresh_at.into()), if next_in_line && refresh.is_none() => {
+                        refresh = Some(start_look(&session.client, self.shared.clock.clone(), session.link.generation(), &parent, &node.path));
+                    }
+                    _ = sleep_until(takeover_at.unwrap_or_else(Instant::now).into()), if takeover_at.is_some() => {
+                        let lease = leader.take().expect("a takeover needs the leader's lease");
+                        if ahead_gone {
+                            // Its node went long ago, and by now it has
+                            // demoted itself: its lease node is litter.
+                            self.clear_stale_lease(session, &ahead_lease, &lease).await;
+                            leader_left = LeaderLeft::Certainly;
+                            break;
+                        }
+                        match self.take_over(session, node, &parent, &ahead_path, &ahead_lease, &lease).await? {
+                            Takeover::Done => {
+                                leader_left = LeaderLeft::Certainly;
+                                break;
+                            }
+                            // Its lease went; its node may not have: look.
+                            Takeover::Gone => {
+                                leader_left = LeaderLeft::Maybe;
+                                break;
+                            }
+                            Takeover::Renewed(renewed) => leader = Some(renewed),
+                            Takeover::OwnGone => return Ok(own_node_gone(node)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The leader ahead of us has renewed nothing for longer than its own
+    /// deadline: by its own rules it stopped its job and demoted itself.
+    /// Confirm through the ensemble's leader that no renewal landed in
+    /// between, then delete its node, in one transaction with a check that
+    /// its lease is still at the version last seen (so that a renewal landing
+    /// meanwhile wins), and lead without waiting for its session to expire.
+    async fn take_over(
+        &mut self,
+        session: &mut Session,
+        own: &OwnNode,
+        parent: &str,
+        leader_path: &str,
+        lease_path: &str,
+        lease: &LeaderLease,
+    ) -> Result<Takeover, Exit> {
+        let renewed =
+            |version: i32| Takeover::Renewed(LeaderLease { version, seen_at: Instant::now(), ..*lease });
+        let sync = session.client.sync(parent);
+        let read = session.client.check_stat(lease_path);
+        let current = match (sync.await, read.await) {
+            (Ok(()), Ok(stat)) => stat,
+            (Err(err), _) | (_, Err(err)) => {
+                self.recover(session, err).await?;
+                return Ok(renewed(lease.version));
+            }
+        };
+        let Some(stat) = current else { return Ok(Takeover::Gone) };
+        if stat.version != lease.version {
+            return Ok(renewed(stat.version));
+        }
+        let mut multi = session.client.new_multi_writer();
+        // Last, a check that our own node is still there: a takeover on a
+        // stale view (our node deleted meanwhile) must not delete anything.
+        let built = multi
+            .add_check_version(lease_path, lease.version)
+            .and_then(|()| multi.add_delete(leader_path, None))
+            .and_then(|()| multi.add_delete(lease_path, None))
+            .and_then(|()| multi.add_check_version(&own.path, -1));
+        if built.is_err() {
+            return Ok(renewed(lease.version));
+        }
+        match multi.commit().await {
+            Ok(_) => {
+                self.shared.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    event = "took_over",
+                    node = leader_path,
+                    silent_ms = lease.seen_at.elapsed().as_millis() as u64,
+                    mono_ns = crate::clock::monotonic_ns(),
+                    "the leader renewed nothing past its deadline; deleted its election node to take over"
+                );
+                Ok(Takeover::Done)
+            }
+            // The lease moved on (or went): the leader lives, or left.
+            Err(zk::MultiWriteError::OperationFailed { index: 0, source: zk::Error::BadVersion }) => {
+                Ok(renewed(lease.version))
+            }
+            Err(zk::MultiWriteError::OperationFailed { index: 3, .. }) => Ok(Takeover::OwnGone),
+            Err(zk::MultiWriteError::OperationFailed { .. }) => Ok(Takeover::Gone),
+            Err(zk::MultiWriteError::RequestFailed { source }) => {
+                self.recover(session, source).await?;
+                Ok(renewed(lease.version))
+            }
+        }
+    }
+
+    /// First in line, but the lease node `lease` of an earlier leader is
+    /// still there: that leader has not stood down (or could not remove
+    /// it). Waits until it goes, or until its holder's deadline has passed
+    /// since its last renewal we saw (then removes it); the caller looks again.
+    async fn await_stand_down(
+        &mut self,
+        session: &mut Session,
+        parent: &str,
+        lease: &str,
+    ) -> Result<(), Exit> {
+        let path = format!("{parent}/{lease}");
+        let (changed, held) = match watch_lease(&session.client, &path, session.timing).await {
+            Ok((changed, AheadLease::Held(held))) => (changed, held),
+            Ok((_, AheadLease::Absent)) => return Ok(()),
+            Err(err) => return self.recover(session, err).await,
+        };
+        info!(
+            event = "awaiting_stand_down",
+            lease,
+            mono_ns = clock::monotonic_ns(),
+            "first in line, but an earlier leader's lease node is still there: waiting until it goes or its deadline passes"
+        );
+        tokio::select! {
+            biased;
+            state = session.link.changed() => {
+                if state.is_terminated() {
+                    return Err(Exit::SessionLost);
+                }
+            }
+            command = self.commands.recv() => self.defer(command)?,
+            _ = changed => {}
+            _ = sleep_until(held.takeover_at().into()) => self.clear_stale_lease(session, &path, &held).await,
+        }
+        Ok(())
+    }
+
+    /// Removes an earlier leader's lease node once its deadline has passed,
+    /// so nobody waits on it again; a renewal since (the version moved)
+    /// wins. Best effort: if it stays, the next look waits on it again.
+    async fn clear_stale_lease(&mut self, session: &mut Session, path: &str, held: &LeaderLease) {
+        match session.client.delete(path, Some(held.version)).await {
+            Ok(()) => info!(
+                event = "stale_lease_removed",
+                lease = path,
+                "removed the lease node of a leader past its deadline"
+            ),
+            Err(err) => debug!(lease = path, error = %err, "could not remove a stale lease node"),
+        }
+    }
+}
+
+/// Sends `sync`, then reads the children and our own node, pipelined on one
+/// connection: the reads are served after the sync, so they reflect every
+/// write the ensemble committed before `at`.
+async fn look(
+    client: &zk::Client,
+    clock: &dyn Clock,
+    generation: u64,
+    parent: &str,
+    own: &str,
+    with_children: bool,
+) -> Result<Look, zk::Error> {
+    let at = clock.now();
+    let sync = client.sync(parent);
+    let children = with_children.then(|| client.list_children(parent));
+    let own = client.check_stat(own);
+    sync.await?;
+    let children = match children {
+        Some(children) => children.await?,
+        None => Vec::new(),
+    };
+    let own = own.await?;
+    Ok(Look { at, generation, children, own })
+}
+
+/// Reads the children and our own node, without a `sync`: for a participant
+/// that holds a recent proof and was just told its predecessor is gone.
+async fn read_children(
+    client: &zk::Client,
+    proof: Proof,
+    parent: &str,
+    own: &str,
+) -> Result<Look, zk::Error> {
+    let children = client.list_children(parent);
+    let own = client.check_stat(own);
+    let children = children.await?;
+    let own = own.await?;
+    Ok(Look { at: proof.at, generation: proof.generation, children, own })
+}
+
+fn start_look(
+    client: &zk::Client,
+    clock: Arc<dyn Clock>,
+    generation: u64,
+    parent: &str,
+    own: &str,
+) -> LookFuture {
+    let client = client.clone();
+    let (parent, own) = (parent.to_string(), own.to_string());
+    Box::pin(async move { look(&client, &*clock, generation, &parent, &own, false).await })
+}
+
+/// Watches the lease node of the node ahead. If it exists (the node ahead
+/// leads), also reads it: `Some` lease, and a watch that fires on the next
+/// renewal. If not, a watch that fires when it is created.
+async fn watch_lease(
+    client: &zk::Client,
+    path: &str,
+    timing: Timing,
+) -> Result<(WatchFuture, AheadLease), zk::Error> {
+    loop {
+        match client.get_and_watch_data(path).await {
+            Ok((data, stat, watcher)) => {
+                // A lease node we cannot read is still a lease node: assume
+                // a deadline as long as our own session timeout.
+                let deadline = LeaseRecord::from_bytes(&data)
+                    .map_or(timing.session_timeout, |record| Duration::from_millis(record.deadline_ms));
+                let lease = LeaderLease { version: stat.version, seen_at: Instant::now(), deadline };
+                return Ok((Box::pin(watcher.changed()), AheadLease::Held(lease)));
+            }
+            Err(zk::Error::NoNode) => match client.check_and_watch_stat(path).await? {
+                (None, watcher) => return Ok((Box::pin(watcher.changed()), AheadLease::Absent)),
+                // Created in between: read it.
+                (Some(_), _) => continue,
+            },
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The first lease node among `children` that is not `own`'s: an earlier
+/// leader's, which has not stood down yet (or could not remove it).
+fn standing_lease(children: &[String], own: &OwnNode) -> Option<String> {
+    let ours = node::lease_name(&own.name);
+    children.iter().find(|c| node::is_lease_name(c) && Some(c.as_str()) != ours.as_deref()).cloned()
+}
