@@ -33,6 +33,9 @@ struct Options {
     /// Print nothing but the report
     #[arg(long)]
     quiet: bool,
+    /// Save every log and journal line and every fault to this file
+    #[arg(long, value_name = "FILE")]
+    save: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     config.participants = options.participants;
     config.session_timeout = options.session_timeout;
     config.verbose = !options.quiet;
+    config.save = options.save;
     let report = chaos::run(config);
     println!("{report}");
     if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }

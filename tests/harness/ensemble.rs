@@ -244,6 +244,29 @@ impl Ensemble {
         }
     }
 
+    /// Restarts server `i` with `maxSessionTimeout` set to `max` (`None`:
+    /// the default of 300 ticks). Sessions it accepts from then on (new, or
+    /// reconnecting to it) get at most `max`.
+    pub fn restart_with_max_session_timeout(&mut self, i: usize, max: Option<Duration>) {
+        let max_ms = max.map_or(300 * self.options.tick.as_millis(), |m| m.as_millis());
+        let path = self.servers[i].dir.join("zoo.cfg");
+        let cfg = std::fs::read_to_string(&path).expect("read zoo.cfg");
+        let cfg: String = cfg
+            .lines()
+            .map(|l| {
+                if l.starts_with("maxSessionTimeout=") {
+                    format!("maxSessionTimeout={max_ms}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .map(|l| l + "\n")
+            .collect();
+        std::fs::write(&path, cfg).expect("write zoo.cfg");
+        self.kill(i);
+        self.spawn(i);
+    }
+
     /// Freezes server `i` (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn freeze(&mut self, i: usize) {
         if let Some(child) = &self.servers[i].child {

@@ -9,19 +9,38 @@
 //! Log lines (parsed by `tests/harness/chaos.rs`):
 //! - `witness start <ns> term <T>`
 //! - `committed <N> under term <T> (version <V>)` / `write of <N> ...`
+//! - `blind put term <T> seq <N> version <V>` (blind mode)
 //! - `witness end <start ns> <end ns> term <T>`
 //!
 //! A tick cut off by zkrun (leadership lost) logs no end: zkrun refuses
-//! every host call after the lease, including these logs.
+//! every host call after the lease, including these logs. So that such a
+//! tick still leaves a record, the witness also appends to a journal in a
+//! granted directory (`/journal/ticks`, if granted), which no permit
+//! guards: `start <ns> term <T>` before anything else, and the outcome of
+//! each blind put. A tick that ran when it should not have shows there.
+//!
+//! Blind mode (`--plugin-config blind=on`): every other tick, instead of the
+//! counter increment, puts `term <T> seq <N>` under `blind` without
+//! compare-and-set. Only the fence then stops a deposed leader's write, so
+//! a write landing after the successor's shows as a term going back in
+//! version order.
 
 wit_bindgen::generate!({ path: "../../wit", world: "job" });
 
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wasi::clocks::monotonic_clock;
-use zkrun::plugin::host::log;
+use zkrun::plugin::host::{config, log};
 use zkrun::plugin::state::{self, StateError};
 use zkrun::plugin::types::Level;
 
 const KEY: &str = "counter";
+const BLIND_KEY: &str = "blind";
+const JOURNAL: &str = "/journal/ticks";
+
+/// Ticks of this instance, numbering its blind puts.
+static TICKS: AtomicU64 = AtomicU64::new(0);
 
 struct Witness;
 
@@ -34,14 +53,41 @@ impl Guest for Witness {
     fn tick(leadership: Leadership) -> Result<(), String> {
         let term = leadership.term;
         let start = monotonic_clock::now();
+        journal(&format!("start {start} term {term}"));
         log(Level::Info, &format!("witness start {start} term {term}"));
-        increment(term);
+        let seq = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+        if seq % 2 == 1 && config("blind").as_deref() == Some("on") {
+            blind_put(term, seq);
+        } else {
+            increment(term);
+        }
         let end = monotonic_clock::now();
         log(Level::Info, &format!("witness end {start} {end} term {term}"));
         Ok(())
     }
 
     fn on_demoted(_: DemoteReason) {}
+}
+
+/// Appends a line to the journal, if one was granted; nothing guards it.
+fn journal(line: &str) {
+    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(JOURNAL) {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+fn blind_put(term: u64, seq: u64) {
+    match state::put(BLIND_KEY, format!("term {term} seq {seq}").as_bytes()) {
+        Ok(version) => {
+            let line = format!("blind put term {term} seq {seq} version {version}");
+            journal(&line);
+            log(Level::Info, &line);
+        }
+        Err(e) => {
+            journal(&format!("blind refused term {term} seq {seq}: {e:?}"));
+            log(Level::Warn, &format!("blind put of seq {seq} failed: {e:?}"));
+        }
+    }
 }
 
 fn increment(term: u64) {
