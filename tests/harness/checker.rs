@@ -167,7 +167,8 @@ pub(crate) fn tick_start(event: &Event) -> Option<u64> {
     let m = event.message();
     match event.kind() {
         "plugin_log" if m.starts_with("witness start ") => number_after(m, "start"),
-        "journal" if m.starts_with("start ") => number_after(m, "start"),
+        // A line torn by a kill has no business here: exactly four words.
+        "journal" if m.starts_with("start ") && m.split_whitespace().count() == 4 => number_after(m, "start"),
         _ => None,
     }
 }
@@ -219,11 +220,7 @@ pub fn windows(events: &[(String, Event)]) -> Vec<Window> {
                     }
                     cover = cover.max(lease_end);
                 }
-                "elected" | "resumed" => {
-                    if open.is_none() {
-                        open = Some((at, e.term().unwrap_or(0)));
-                    }
-                }
+                "elected" | "resumed" if open.is_none() => open = Some((at, e.term().unwrap_or(0))),
                 kind if is_closing(kind) => {
                     if let Some((start, term)) = open.take() {
                         push(&mut out, term, start, at.min(cover));
@@ -407,7 +404,7 @@ fn check_ticks_inside_windows(ticks: &[Tick], windows: &[Window], report: &mut R
             .iter()
             .any(|w| w.id == tick.id && w.start <= tick.start && tick.start <= w.end + TICK_SLACK_NS);
         if !inside {
-            let last = windows.iter().filter(|w| w.id == tick.id && w.start <= tick.start).last();
+            let last = windows.iter().rfind(|w| w.id == tick.id && w.start <= tick.start);
             report.violations.push(format!(
                 "tick outside leadership: {} started a tick at {} (term {}); its last window before: {:?}",
                 tick.id,
@@ -439,8 +436,17 @@ fn check_elected_after_deadlines(events: &[(String, Event)], report: &mut Report
             }) else {
                 continue;
             };
-            let gave_up =
-                before.iter().any(|x| is_giving_up(x.kind()) && x.mono_ns().unwrap_or(0) > grant.at);
+            // Gave up since it last became leader (a renewal in flight
+            // may still be logged after its shutdown began).
+            let led_since = before
+                .iter()
+                .rev()
+                .find(|x| matches!(x.kind(), "elected" | "resumed"))
+                .and_then(|x| x.mono_ns())
+                .unwrap_or(0);
+            let gave_up = before
+                .iter()
+                .any(|x| is_giving_up(x.kind()) && x.mono_ns().unwrap_or(0) >= led_since.min(grant.at));
             if grant.deadline > at && !gave_up {
                 report.violations.push(format!(
                     "elected too early: {id} elected (term {:?}) at {at}, but {other} could lead until {} \
@@ -505,7 +511,8 @@ fn check_blind_puts(events: &[(String, Event)], report: &mut Report) {
     let mut puts: BTreeSet<(u64, u64, u64, String)> = BTreeSet::new();
     for (id, e) in events {
         let m = e.message();
-        if matches!(e.kind(), "plugin_log" | "journal") && m.starts_with("blind put ") {
+        let whole = m.split_whitespace().count() == 8;
+        if matches!(e.kind(), "plugin_log" | "journal") && m.starts_with("blind put ") && whole {
             let (Some(term), Some(seq), Some(version)) =
                 (number_after(m, "term"), number_after(m, "seq"), number_after(m, "version"))
             else {

@@ -1,21 +1,44 @@
-//! A short seeded chaos run: every kind of fault, no violation.
+//! Short seeded chaos runs (every kind of fault, no violation), and the
+//! checker's own tests: it must catch each bug it exists for.
 
 use std::time::Duration;
 
 use zkrun_tests::chaos::{self, ChaosConfig, FaultKind};
 
-#[test]
-fn a_short_chaos_run_finds_no_violation() {
-    let mut config = ChaosConfig::new(20261125, Duration::from_secs(100));
+/// Runs 100 s of faults with `seed` and asserts no violation, every kind of
+/// fault, and a job that ran.
+fn short_run(seed: u64) {
+    let mut config = ChaosConfig::new(seed, Duration::from_secs(100));
     config.verbose = true;
     let report = chaos::run(config);
     eprintln!("{report}");
-    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.violations.is_empty(), "seed {seed}:\n{report}");
     // Not vacuous: every kind of fault happened, and the job ran.
     for kind in FaultKind::ALL {
         assert!(report.faults.get(&kind).copied().unwrap_or(0) >= 1, "no {kind:?} in {report}");
     }
     assert!(report.ticks > 100 && report.handovers > 5 && report.commits > 100, "{report}");
+    assert!(report.blind_puts > 100 && report.windows > 5, "{report}");
+}
+
+#[test]
+fn a_short_chaos_run_finds_no_violation() {
+    short_run(20261125);
+}
+
+/// The same with another seed each time (or `ZKRUN_CHAOS_SEED`), printed
+/// first so that a failure can be replayed.
+#[test]
+fn a_chaos_run_with_a_random_seed_finds_no_violation() {
+    let seed = std::env::var("ZKRUN_CHAOS_SEED")
+        .ok()
+        .map(|s| s.parse().expect("ZKRUN_CHAOS_SEED is a number"))
+        .unwrap_or_else(rand::random);
+    eprintln!(
+        "chaos seed {seed}; replay: ZKRUN_CHAOS_SEED={seed} cargo nextest run --release -p zkrun-tests \
+         -E 'test(random_seed)', or target/release/zkrun-chaos --duration 100s --seed {seed}"
+    );
+    short_run(seed);
 }
 
 fn line(id: &str, json: serde_json::Value) -> (String, zkrun_tests::Event) {

@@ -71,8 +71,9 @@ impl Guest for Witness {
 
 /// Appends a line to the journal, if one was granted; nothing guards it.
 fn journal(line: &str) {
+    // One write per line: a hook can be cut off between two writes.
     if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(JOURNAL) {
-        let _ = writeln!(file, "{line}");
+        let _ = file.write_all(format!("{line}\n").as_bytes());
     }
 }
 
