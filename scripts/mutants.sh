@@ -58,6 +58,8 @@ PY
 }
 
 # The mutants: name, the tests that name its property, and its edits.
+# `none` is the real code: the same run must find nothing.
+mutant_none() { :; }
 skip_pre_tick_check() {
     # Ticks are scheduled and started while suspended.
     edit host/src/supervisor.rs \
@@ -91,13 +93,14 @@ mutant_early_takeover() {
         'self.seen_at + self.deadline / 2'
 }
 
-mutants=(pre_tick pre_tick_and_permit fence_on_election_path late_demotion early_takeover)
+mutants=(none pre_tick pre_tick_and_permit fence_on_election_path late_demotion early_takeover)
 declare -A tests_of=(
-    [pre_tick]='test(frozen) | test(permit) | test(quorum_loss)'
-    [pre_tick_and_permit]='test(frozen) | test(permit) | test(quorum_loss)'
-    [fence_on_election_path]='binary(suite) & test(/^state::/)'
-    [late_demotion]='test(partitioned_leader) | test(quorum_loss) | test(frozen)'
-    [early_takeover]='test(frozen) | test(partitioned_leader) | test(crash)'
+    [none]='test(partitioned_leader) | test(sigterm_hands_over) | test(/^state::/)'
+    [pre_tick]='test(a_frozen_leader_never_ticks_again) | test(frozen_leader_knows)'
+    [pre_tick_and_permit]='test(a_frozen_leader_never_ticks_again) | test(frozen_leader_knows) | test(permit)'
+    [fence_on_election_path]='test(/^state::/)'
+    [late_demotion]='test(partitioned_leader) | test(quorum_loss_demotes) | test(sigterm_hands_over)'
+    [early_takeover]='test(partitioned_leader) | test(sigterm_hands_over) | test(deposed_leaders)'
 )
 [ ${#only[@]} -gt 0 ] && mutants=("${only[@]}")
 
@@ -119,7 +122,7 @@ for m in "${mutants[@]}"; do
             -E "${tests_of[$m]}" >"$out/$m.tests" 2>&1; then
             tests="missed"
         else
-            tests="caught ($(grep -c '^ *FAIL ' "$out/$m.tests" || true) failed)"
+            tests="caught ($(grep -E '^ +FAIL \[' "$out/$m.tests" | sed 's/.*suite //' | sort -u | wc -l) failed)"
         fi
     fi
     restore
@@ -127,8 +130,12 @@ for m in "${mutants[@]}"; do
     ZKRUN_BINARY="$PWD/$out/zkrun-$m" target/release/zkrun-chaos --quiet --seed "$seed" --duration "$duration" \
         --save "$out/$m.history" >"$out/$m.report" 2>&1 || status=$?
     violations=$(sed -n 's/^violations: //p' "$out/$m.report")
-    if [ "$status" = 1 ] && [ "${violations:-0}" -gt 0 ]; then
-        chaos="caught ($violations violations: $(grep -o '^  [a-z ]*:' "$out/$m.report" | sort | uniq -c | tr -s ' ' | paste -sd, -))"
+    kinds=$(sed -n '/^violations:/,$s/^  \([a-z][a-z ]*[a-z]\)[: ].*/\1/p' "$out/$m.report" | sort | uniq -c |
+        sed 's/^ *\([0-9]*\) \(.*\)/\2 ×\1/' | paste -sd, - | sed 's/,/, /g')
+    if [ "$m" = none ]; then
+        chaos="${violations:-?} violations (exit $status)${kinds:+: $kinds}"
+    elif [ "$status" = 1 ] && [ "${violations:-0}" -gt 0 ]; then
+        chaos="caught: $kinds"
     else
         chaos="MISSED (exit $status)"
     fi

@@ -36,6 +36,9 @@ struct Options {
     /// Save every log and journal line and every fault to this file
     #[arg(long, value_name = "FILE")]
     save: Option<std::path::PathBuf>,
+    /// Run nothing: check a history saved with --save, and report
+    #[arg(long, value_name = "FILE", conflicts_with = "save")]
+    check: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,19 @@ fn main() -> ExitCode {
     if options.servers != 3 && options.servers != 5 {
         eprintln!("zkrun-chaos: --servers must be 3 or 5");
         return ExitCode::from(2);
+    }
+    if let Some(path) = &options.check {
+        let history = match chaos::load(path) {
+            Ok(history) => history,
+            Err(e) => {
+                eprintln!("zkrun-chaos: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        let mut report = chaos::Report::default();
+        chaos::check(&history, &mut report);
+        println!("{report}");
+        return if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let seed = options.seed.unwrap_or_else(rand::random);
     eprintln!("zkrun-chaos: seed {seed}, {:?} of faults", options.duration);

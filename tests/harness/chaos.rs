@@ -595,18 +595,55 @@ pub fn run(config: ChaosConfig) -> Report {
     report
 }
 
+/// Writes `history` as JSON lines: the session timeout, each fault as
+/// applied, then `{"id": .., "line": ..}` for every log and journal line.
 fn save(path: &std::path::Path, history: &History) {
     use std::fmt::Write as _;
     let mut text = String::new();
-    for fault in &history.faults {
-        let _ = writeln!(text, "fault {fault:?}");
+    let timeout = serde_json::json!({ "session_timeout_ms": history.session_timeout.as_millis() as u64 });
+    let _ = writeln!(text, "{timeout}");
+    for f in &history.faults {
+        let fault = serde_json::json!({
+            "fault": format!("{:?}", f.kind),
+            "participant": f.participant,
+            "start_ns": f.start_ns,
+            "end_ns": f.end_ns,
+        });
+        let _ = writeln!(text, "{fault}");
     }
     for (id, e) in &history.events {
-        let _ = writeln!(text, "{id} {}", e.raw);
+        let _ = writeln!(text, "{}", serde_json::json!({ "id": id, "line": e.raw }));
     }
     if let Err(e) = std::fs::write(path, text) {
         eprintln!("chaos: cannot save the history to {}: {e}", path.display());
     }
+}
+
+/// Reads a history written by `--save` (the counter is not saved).
+pub fn load(path: &std::path::Path) -> std::io::Result<History> {
+    let text = std::fs::read_to_string(path)?;
+    let mut history = History::default();
+    let events = EventLog::default();
+    let mut ids = Vec::new();
+    for line in text.lines() {
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let Some(ms) = json["session_timeout_ms"].as_u64() {
+            history.session_timeout = Duration::from_millis(ms);
+        } else if let Some(kind) = json["fault"].as_str() {
+            let Some(kind) = FaultKind::ALL.into_iter().find(|k| format!("{k:?}") == kind) else { continue };
+            history.faults.push(FaultSpan {
+                kind,
+                participant: json["participant"].as_str().map(str::to_string),
+                start_ns: json["start_ns"].as_u64().unwrap_or(0),
+                end_ns: json["end_ns"].as_u64().unwrap_or(0),
+            });
+        } else if let (Some(id), Some(raw)) = (json["id"].as_str(), json["line"].as_str()) {
+            ids.push(id.to_string());
+            events.push(raw.to_string());
+        }
+    }
+    history.events = ids.into_iter().zip(events.all()).collect();
+    Ok(history)
 }
 
 fn stored_counter(ensemble: &Ensemble) -> Result<(u64, i32), String> {

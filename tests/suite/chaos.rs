@@ -236,7 +236,27 @@ fn the_checker_catches_leadership_timing_and_fencing_bugs() {
     stale.push(journal("w0", "blind put term 10 seq 7 version 4".into()));
     stale.push(journal("w1", "blind put term 12 seq 1 version 5".into()));
     assert_eq!(violations(stale.clone(), vec![]), Vec::<String>::new());
+    let mut seen_by_reader = stale.clone();
     stale.push(journal("w0", "blind put term 10 seq 9 version 6".into()));
     let found = violations(stale, vec![]);
     assert!(found.iter().any(|v| v.starts_with("stale write landed")), "{found:?}");
+    // The same when its writer could not record it (cut off right after
+    // the put) and only the successor's next read saw it.
+    seen_by_reader.push(line(
+        "w1",
+        serde_json::json!({"event": "plugin_log", "message": "blind read term 10 seq 9 version 6", "mono_ns": 3120 * MS}),
+    ));
+    let found = violations(seen_by_reader, vec![]);
+    assert!(found.iter().any(|v| v.starts_with("stale write landed")), "{found:?}");
+
+    // A tick that kept working after its leadership was suspended (its
+    // permit ignored): its log lines are stamped outside every window.
+    let mut unpermitted = clean_leadership();
+    unpermitted.push(host("w1", "suspended", 12, 3115));
+    unpermitted.push(line(
+        "w1",
+        serde_json::json!({"event": "plugin_log", "message": "committed 3 under term 12 (version 2)", "mono_ns": 3150 * MS}),
+    ));
+    let found = violations(unpermitted, vec![]);
+    assert!(found.iter().any(|v| v.starts_with("leader work outside leadership")), "{found:?}");
 }

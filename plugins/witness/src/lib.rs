@@ -9,7 +9,8 @@
 //! Log lines (parsed by `tests/harness/chaos.rs`):
 //! - `witness start <ns> term <T>`
 //! - `committed <N> under term <T> (version <V>)` / `write of <N> ...`
-//! - `blind put term <T> seq <N> version <V>` (blind mode)
+//! - `blind put term <T> seq <N> version <V>`, `blind read term <T> seq <N>
+//!   version <V>` (blind mode)
 //! - `witness end <start ns> <end ns> term <T>`
 //!
 //! A tick cut off by zkrun (leadership lost) logs no end: zkrun refuses
@@ -19,11 +20,12 @@
 //! guards: `start <ns> term <T>` before anything else, and the outcome of
 //! each blind put. A tick that ran when it should not have shows there.
 //!
-//! Blind mode (`--plugin-config blind=on`): every other tick, instead of the
-//! counter increment, puts `term <T> seq <N>` under `blind` without
-//! compare-and-set. Only the fence then stops a deposed leader's write, so
-//! a write landing after the successor's shows as a term going back in
-//! version order.
+//! Blind mode (`--plugin-config blind=on`): every tick first reads and logs
+//! the value under `blind`, and every other tick, instead of the counter
+//! increment, puts `term <T> seq <N>` there without compare-and-set. Only
+//! the fence then stops a deposed leader's write, so a write landing after
+//! the successor's shows as a term going back in version order (seen by its
+//! writer or by the successor's next read).
 
 wit_bindgen::generate!({ path: "../../wit", world: "job" });
 
@@ -56,7 +58,11 @@ impl Guest for Witness {
         journal(&format!("start {start} term {term}"));
         log(Level::Info, &format!("witness start {start} term {term}"));
         let seq = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
-        if seq % 2 == 1 && config("blind").as_deref() == Some("on") {
+        let blind = config("blind").as_deref() == Some("on");
+        if blind {
+            observe_blind();
+        }
+        if blind && seq % 2 == 1 {
             blind_put(term, seq);
         } else {
             increment(term);
@@ -74,6 +80,15 @@ fn journal(line: &str) {
     // One write per line: a hook can be cut off between two writes.
     if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(JOURNAL) {
         let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Logs the blind value as read: a deposed leader's put that landed shows
+/// here even if its writer never got to record it.
+fn observe_blind() {
+    if let Ok(Some(entry)) = state::get(BLIND_KEY) {
+        let value = String::from_utf8_lossy(&entry.value).into_owned();
+        log(Level::Info, &format!("blind read {value} version {}", entry.version));
     }
 }
 
