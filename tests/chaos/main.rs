@@ -30,6 +30,9 @@ struct Options {
     /// Session timeout of the participants
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     session_timeout: Duration,
+    /// Only these kinds of fault, e.g. DeleteNode,PauseMidWrite [default: all]
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    faults: Vec<chaos::FaultKind>,
     /// Print nothing but the report
     #[arg(long)]
     quiet: bool,
@@ -66,9 +69,19 @@ fn main() -> ExitCode {
     config.servers = options.servers;
     config.participants = options.participants;
     config.session_timeout = options.session_timeout;
+    if !options.faults.is_empty() {
+        config.kinds = options.faults;
+    }
     config.verbose = !options.quiet;
     config.save = options.save;
     let report = chaos::run(config);
     println!("{report}");
     if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn parse_kind(name: &str) -> Result<chaos::FaultKind, String> {
+    chaos::FaultKind::ALL.into_iter().find(|k| format!("{k:?}") == name).ok_or_else(|| {
+        let names: Vec<String> = chaos::FaultKind::ALL.iter().map(|k| format!("{k:?}")).collect();
+        format!("unknown fault {name:?}: one of {}", names.join(", "))
+    })
 }

@@ -38,6 +38,8 @@ pub struct ChaosConfig {
     pub session_timeout: Duration,
     /// Tick interval of the participants.
     pub tick: Duration,
+    /// The kinds of fault to draw from (all of them by default).
+    pub kinds: Vec<FaultKind>,
     /// Print each fault as it happens.
     pub verbose: bool,
     /// Write every participant's log and journal lines here (`<id> <line>`),
@@ -55,6 +57,7 @@ impl ChaosConfig {
             participants: 5,
             session_timeout: Duration::from_secs(2),
             tick: Duration::from_millis(100),
+            kinds: FaultKind::ALL.to_vec(),
             verbose: false,
             save: None,
         }
@@ -150,6 +153,7 @@ impl fmt::Display for Fault {
 /// end. The same seed gives the same sequence of faults.
 pub struct Schedule {
     rng: StdRng,
+    kinds: Vec<FaultKind>,
     first: Vec<FaultKind>,
     session_timeout: Duration,
     participants: usize,
@@ -159,10 +163,16 @@ impl Schedule {
     /// The schedule for `config.seed`.
     pub fn new(config: &ChaosConfig) -> Schedule {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let mut first = FaultKind::ALL.to_vec();
+        let mut first = config.kinds.clone();
         first.shuffle(&mut rng);
         first.reverse();
-        Schedule { rng, first, session_timeout: config.session_timeout, participants: config.participants }
+        Schedule {
+            rng,
+            kinds: config.kinds.clone(),
+            first,
+            session_timeout: config.session_timeout,
+            participants: config.participants,
+        }
     }
 }
 
@@ -179,8 +189,7 @@ impl Iterator for Schedule {
     fn next(&mut self) -> Option<Fault> {
         let rng = &mut self.rng;
         let t = self.session_timeout;
-        let kind =
-            self.first.pop().unwrap_or_else(|| FaultKind::ALL[rng.random_range(0..FaultKind::ALL.len())]);
+        let kind = self.first.pop().unwrap_or_else(|| self.kinds[rng.random_range(0..self.kinds.len())]);
         let target = if rng.random_bool(0.5) {
             Target::Leader
         } else {
