@@ -30,9 +30,18 @@ struct Options {
     /// Session timeout of the participants
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     session_timeout: Duration,
+    /// Only these kinds of fault, e.g. DeleteNode,PauseMidWrite [default: all]
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    faults: Vec<chaos::FaultKind>,
     /// Print nothing but the report
     #[arg(long)]
     quiet: bool,
+    /// Save every log and journal line and every fault to this file
+    #[arg(long, value_name = "FILE")]
+    save: Option<std::path::PathBuf>,
+    /// Run nothing: check a history saved with --save, and report
+    #[arg(long, value_name = "FILE", conflicts_with = "save")]
+    check: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -41,14 +50,38 @@ fn main() -> ExitCode {
         eprintln!("zkrun-chaos: --servers must be 3 or 5");
         return ExitCode::from(2);
     }
+    if let Some(path) = &options.check {
+        let history = match chaos::load(path) {
+            Ok(history) => history,
+            Err(e) => {
+                eprintln!("zkrun-chaos: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        let mut report = chaos::Report::default();
+        chaos::check(&history, &mut report);
+        println!("{report}");
+        return if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let seed = options.seed.unwrap_or_else(rand::random);
     eprintln!("zkrun-chaos: seed {seed}, {:?} of faults", options.duration);
     let mut config = ChaosConfig::new(seed, options.duration);
     config.servers = options.servers;
     config.participants = options.participants;
     config.session_timeout = options.session_timeout;
+    if !options.faults.is_empty() {
+        config.kinds = options.faults;
+    }
     config.verbose = !options.quiet;
+    config.save = options.save;
     let report = chaos::run(config);
     println!("{report}");
     if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn parse_kind(name: &str) -> Result<chaos::FaultKind, String> {
+    chaos::FaultKind::ALL.into_iter().find(|k| format!("{k:?}") == name).ok_or_else(|| {
+        let names: Vec<String> = chaos::FaultKind::ALL.iter().map(|k| format!("{k:?}")).collect();
+        format!("unknown fault {name:?}: one of {}", names.join(", "))
+    })
 }

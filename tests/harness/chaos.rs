@@ -1,31 +1,27 @@
 //! Chaos: a seeded schedule of faults against a real ensemble and real zkrun
-//! processes running the `witness` plugin, and a checker that reads what
-//! actually happened from their logs and from ZooKeeper.
-//!
-//! The checker's properties:
-//! 1. no two ticks of different participants overlap in time (a tick spans
-//!    from its start to its end, or to its start alone if it was cut off
-//!    before logging an end: nothing it did after that was allowed out);
-//! 2. the terms of successive elections strictly increase, and ticks never
-//!    go back to an older term;
-//! 3. once the last fault is healed, some participant ticks within the
-//!    session timeout plus a bound;
-//! 4. the fenced counter lost and duplicated no increment: its value is one
-//!    more than its version (every committed write added exactly one), and
-//!    no value was logged as committed twice.
+//! processes running the `witness` plugin; the checker ([`crate::checker`])
+//! then reads what actually happened from their logs, their journals, the
+//! faults as applied, and ZooKeeper.
 
-use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::checker::tick_start;
+pub use crate::checker::{FaultSpan, History, Report, check};
 use crate::ensemble::EnsembleOptions;
-use crate::{Ensemble, Event, Process, Proxy, monotonic_ns, paths};
+use crate::{Ensemble, Event, EventLog, Process, Proxy, TempDir, monotonic_ns, paths};
 
 const ELECTION: &str = "/zkrun/chaos";
+
+/// Every fenced write of a participant waits this long after its permit
+/// check (zkrun's test failpoint), so that `PauseMidWrite` can freeze a
+/// leader with a write in flight.
+const WRITE_DELAY: &str = "25ms";
 
 /// How to run the chaos.
 #[derive(Clone, Debug)]
@@ -42,8 +38,13 @@ pub struct ChaosConfig {
     pub session_timeout: Duration,
     /// Tick interval of the participants.
     pub tick: Duration,
+    /// The kinds of fault to draw from (all of them by default).
+    pub kinds: Vec<FaultKind>,
     /// Print each fault as it happens.
     pub verbose: bool,
+    /// Write every participant's log and journal lines here (`<id> <line>`),
+    /// and the faults as applied, for reading a violation's evidence.
+    pub save: Option<PathBuf>,
 }
 
 impl ChaosConfig {
@@ -56,7 +57,9 @@ impl ChaosConfig {
             participants: 5,
             session_timeout: Duration::from_secs(2),
             tick: Duration::from_millis(100),
+            kinds: FaultKind::ALL.to_vec(),
             verbose: false,
+            save: None,
         }
     }
 }
@@ -84,11 +87,23 @@ pub enum FaultKind {
     QuorumLoss,
     /// Kill every server and every participant, start them all again.
     RestartAll,
+    /// An outside client deletes a participant's election node.
+    DeleteNode,
+    /// Delay a participant's server-to-client bytes (100 ms to T).
+    SlowLink,
+    /// Restart a server with a lower `maxSessionTimeout` (T/2), later back.
+    LowerMaxSession,
+    /// Cut a participant off with its proxy refusing connections, long
+    /// enough for its client's reconnect backoff to grow, then heal.
+    ReconnectBackoff,
+    /// Freeze the leader while a state write of its waits to be sent, past
+    /// its deadline (so it is taken over) but not past its session.
+    PauseMidWrite,
 }
 
 impl FaultKind {
     /// Every kind of fault.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::KillParticipant,
         FaultKind::StopParticipant,
         FaultKind::PauseShort,
@@ -99,6 +114,11 @@ impl FaultKind {
         FaultKind::KillEnsembleLeader,
         FaultKind::QuorumLoss,
         FaultKind::RestartAll,
+        FaultKind::DeleteNode,
+        FaultKind::SlowLink,
+        FaultKind::LowerMaxSession,
+        FaultKind::ReconnectBackoff,
+        FaultKind::PauseMidWrite,
     ];
 }
 
@@ -118,6 +138,8 @@ pub struct Fault {
     target: Target,
     gap: Duration,
     hold: Duration,
+    /// How strong, in 0..1 (the delay of a slow link).
+    level: f64,
 }
 
 impl fmt::Display for Fault {
@@ -131,6 +153,7 @@ impl fmt::Display for Fault {
 /// end. The same seed gives the same sequence of faults.
 pub struct Schedule {
     rng: StdRng,
+    kinds: Vec<FaultKind>,
     first: Vec<FaultKind>,
     session_timeout: Duration,
     participants: usize,
@@ -140,10 +163,23 @@ impl Schedule {
     /// The schedule for `config.seed`.
     pub fn new(config: &ChaosConfig) -> Schedule {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let mut first = FaultKind::ALL.to_vec();
+        let mut first = config.kinds.clone();
         first.shuffle(&mut rng);
         first.reverse();
-        Schedule { rng, first, session_timeout: config.session_timeout, participants: config.participants }
+        Schedule {
+            rng,
+            kinds: config.kinds.clone(),
+            first,
+            session_timeout: config.session_timeout,
+            participants: config.participants,
+        }
+    }
+}
+
+impl Schedule {
+    /// Whether every kind has been drawn once.
+    pub fn covered(&self) -> bool {
+        self.first.is_empty()
     }
 }
 
@@ -153,8 +189,7 @@ impl Iterator for Schedule {
     fn next(&mut self) -> Option<Fault> {
         let rng = &mut self.rng;
         let t = self.session_timeout;
-        let kind =
-            self.first.pop().unwrap_or_else(|| FaultKind::ALL[rng.random_range(0..FaultKind::ALL.len())]);
+        let kind = self.first.pop().unwrap_or_else(|| self.kinds[rng.random_range(0..self.kinds.len())]);
         let target = if rng.random_bool(0.5) {
             Target::Leader
         } else {
@@ -170,73 +205,47 @@ impl Iterator for Schedule {
             FaultKind::KillFollower | FaultKind::KillEnsembleLeader | FaultKind::RestartAll => {
                 ms(500..3000, rng)
             }
+            FaultKind::DeleteNode => ms(500..1500, rng),
+            FaultKind::SlowLink => ms(1000..4000, rng),
+            FaultKind::LowerMaxSession => ms(2000..5000, rng),
+            FaultKind::ReconnectBackoff => t.mul_f64(rng.random_range(1.5..3.0)),
+            FaultKind::PauseMidWrite => t.mul_f64(rng.random_range(0.88..0.97)),
         };
+        let level = rng.random_range(0.0..1.0);
         let gap = ms(500..3000, rng);
-        Some(Fault { kind, target, gap, hold })
+        Some(Fault { kind, target, gap, hold, level })
     }
 }
 
-/// What a run found.
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    /// The seed.
-    pub seed: u64,
-    /// Faults injected, by kind.
-    pub faults: BTreeMap<FaultKind, usize>,
-    /// Ticks that started.
-    pub ticks: usize,
-    /// Ticks cut off before they logged their end.
-    pub cut_off: usize,
-    /// Elections won.
-    pub handovers: usize,
-    /// Counter increments logged as committed.
-    pub commits: usize,
-    /// The counter's stored value at the end.
-    pub counter: u64,
-    /// Time from the last heal to the first tick.
-    pub recovery: Option<Duration>,
-    /// Wall time of the run.
-    pub elapsed: Duration,
-    /// Every property violated, with evidence.
-    pub violations: Vec<String>,
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "seed {} ran {:.0?}", self.seed, self.elapsed)?;
-        let total: usize = self.faults.values().sum();
-        writeln!(f, "faults: {total}")?;
-        for (kind, n) in &self.faults {
-            writeln!(f, "  {kind:?}: {n}")?;
-        }
-        writeln!(f, "ticks: {} ({} cut off by a lost lease)", self.ticks, self.cut_off)?;
-        writeln!(f, "handovers (elections won): {}", self.handovers)?;
-        writeln!(f, "counter: {} committed increments logged, {} stored", self.commits, self.counter)?;
-        match self.recovery {
-            Some(d) => writeln!(f, "first tick {d:.1?} after the last fault healed")?,
-            None => writeln!(f, "no tick after the last fault healed")?,
-        }
-        writeln!(f, "violations: {}", self.violations.len())?;
-        for v in &self.violations {
-            writeln!(f, "  {v}")?;
-        }
-        Ok(())
-    }
+/// One run of a participant: its process and its journal.
+struct Incarnation {
+    /// `w0#2`: slot `w0`, its third process.
+    id: String,
+    process: Process,
+    journal: PathBuf,
 }
 
 /// One participant slot: the process running now, and those that ran before.
 struct Slot {
     id: String,
     proxy: Proxy,
-    current: Option<Process>,
-    past: Vec<Process>,
+    current: Option<Incarnation>,
+    past: Vec<Incarnation>,
     paused: bool,
+}
+
+impl Slot {
+    fn process(&self) -> Option<&Process> {
+        self.current.as_ref().map(|c| &c.process)
+    }
 }
 
 struct World {
     config: ChaosConfig,
     ensemble: Ensemble,
     slots: Vec<Slot>,
+    journals: TempDir,
+    spans: Vec<FaultSpan>,
 }
 
 impl World {
@@ -245,6 +254,9 @@ impl World {
         if slot.current.is_some() {
             return;
         }
+        let id = format!("{}#{}", slot.id, slot.past.len());
+        let journal = self.journals.path().join(&id);
+        std::fs::create_dir_all(&journal).expect("journal dir");
         let args: Vec<std::ffi::OsString> = vec![
             "--plugin".into(),
             paths::plugin("witness").into(),
@@ -256,8 +268,17 @@ impl World {
             format!("{}ms", self.config.tick.as_millis()).into(),
             "--session-timeout".into(),
             format!("{}ms", self.config.session_timeout.as_millis()).into(),
+            // Lease grants (lease end, deadline) are logged at debug level.
+            "--log-level".into(),
+            "info,zkrun::election::machine=debug".into(),
+            "--plugin-config".into(),
+            "blind=on".into(),
+            "--grant-dir".into(),
+            format!("{}:/journal", journal.display()).into(),
         ];
-        slot.current = Some(Process::zkrun(&slot.id, &args));
+        let env = [(zkrun::state::zookeeper::WRITE_DELAY_FAILPOINT, WRITE_DELAY)];
+        let process = Process::zkrun_with_env(&slot.id, &args, &env);
+        slot.current = Some(Incarnation { id, process, journal });
     }
 
     fn retire(&mut self, i: usize) {
@@ -270,7 +291,7 @@ impl World {
     /// The participant leading now, judged from its latest leadership event.
     fn leader(&self) -> Option<usize> {
         self.slots.iter().position(|slot| {
-            let Some(p) = &slot.current else { return false };
+            let Some(p) = slot.process() else { return false };
             let events = p.events();
             let last = events
                 .iter()
@@ -288,7 +309,7 @@ impl World {
     }
 
     fn signal(&self, i: usize, signal: i32) {
-        if let Some(p) = &self.slots[i].current {
+        if let Some(p) = self.slots[i].process() {
             p.signal(signal);
         }
     }
@@ -297,13 +318,29 @@ impl World {
         self.config.servers / 2 + 1
     }
 
-    /// Injects `fault`, holds it, heals it.
+    /// Injects `fault`, holds it, heals it, and records when and to whom.
     fn apply(&mut self, fault: &Fault, rng: &mut StdRng) {
-        let target = self.resolve(fault.target);
+        let target = match fault.kind {
+            // Only a leader has a write to catch in flight.
+            FaultKind::PauseMidWrite => self.resolve(Target::Leader),
+            _ => self.resolve(fault.target),
+        };
+        let participant = self.slots[target].current.as_ref().map(|c| c.id.clone());
+        let start_ns = monotonic_ns();
+        let hits_participant = self.hit(fault, target, rng);
+        let end_ns = monotonic_ns();
+        let participant = if hits_participant { participant } else { None };
+        self.spans.push(FaultSpan { kind: fault.kind, participant, start_ns, end_ns });
+    }
+
+    /// Does the work of [`World::apply`]; says whether the fault hit
+    /// participant `target` (rather than servers).
+    fn hit(&mut self, fault: &Fault, target: usize, rng: &mut StdRng) -> bool {
+        let t = self.config.session_timeout;
         match fault.kind {
             FaultKind::KillParticipant => {
-                if let Some(p) = &mut self.slots[target].current {
-                    p.kill();
+                if let Some(c) = &mut self.slots[target].current {
+                    c.process.kill();
                 }
                 self.retire(target);
                 std::thread::sleep(fault.hold);
@@ -311,26 +348,53 @@ impl World {
             }
             FaultKind::StopParticipant => {
                 self.signal(target, libc::SIGTERM);
-                if let Some(p) = &mut self.slots[target].current
-                    && p.wait_exit(Duration::from_secs(20)).is_none()
+                if let Some(c) = &mut self.slots[target].current
+                    && c.process.wait_exit(Duration::from_secs(20)).is_none()
                 {
-                    p.kill();
+                    c.process.kill();
                 }
                 self.retire(target);
                 std::thread::sleep(fault.hold);
                 self.start_participant(target);
             }
-            FaultKind::PauseShort | FaultKind::PauseLong => {
-                self.signal(target, libc::SIGSTOP);
-                self.slots[target].paused = true;
-                std::thread::sleep(fault.hold);
-                self.signal(target, libc::SIGCONT);
-                self.slots[target].paused = false;
+            FaultKind::PauseShort | FaultKind::PauseLong => self.pause(target, fault.hold),
+            FaultKind::PauseMidWrite => {
+                // Freeze right after the host logged that a blind put waits
+                // (the failpoint): the write goes out when the process wakes.
+                if let Some(p) = self.slots[target].process() {
+                    let log = p.log().clone();
+                    let from = log.len();
+                    let _ = log.wait_from(from, Duration::from_secs(3), |e| {
+                        e.kind() == "failpoint_delay" && e.str("key") == "blind"
+                    });
+                }
+                self.pause(target, fault.hold);
             }
             FaultKind::PartitionShort | FaultKind::PartitionLong => {
                 self.slots[target].proxy.partition();
                 std::thread::sleep(fault.hold);
                 self.slots[target].proxy.heal();
+            }
+            FaultKind::ReconnectBackoff => {
+                self.slots[target].proxy.refuse();
+                std::thread::sleep(fault.hold);
+                self.slots[target].proxy.heal();
+            }
+            FaultKind::SlowLink => {
+                let delay = Duration::from_millis(100)
+                    + (t.saturating_sub(Duration::from_millis(100))).mul_f64(fault.level);
+                self.slots[target].proxy.delay_downstream(delay);
+                std::thread::sleep(fault.hold);
+                self.slots[target].proxy.delay_downstream(Duration::ZERO);
+            }
+            FaultKind::DeleteNode => {
+                let node = self.slots[target].process().and_then(|p| {
+                    p.events().iter().rev().find(|e| e.kind() == "joined").map(|e| e.str("node").to_string())
+                });
+                if let Some(node) = node {
+                    delete_node(&self.ensemble, &format!("{ELECTION}/{node}"));
+                }
+                std::thread::sleep(fault.hold);
             }
             FaultKind::KillFollower | FaultKind::KillEnsembleLeader => {
                 let leader = self.ensemble.leader();
@@ -345,6 +409,16 @@ impl World {
                 std::thread::sleep(fault.hold);
                 self.ensemble.restart(server);
                 self.ensemble.wait_serving(Duration::from_secs(120));
+                return false;
+            }
+            FaultKind::LowerMaxSession => {
+                let server = rng.random_range(0..self.config.servers);
+                self.ensemble.restart_with_max_session_timeout(server, Some(t / 2));
+                self.ensemble.wait_serving(Duration::from_secs(120));
+                std::thread::sleep(fault.hold);
+                self.ensemble.restart_with_max_session_timeout(server, None);
+                self.ensemble.wait_serving(Duration::from_secs(120));
+                return false;
             }
             FaultKind::QuorumLoss => {
                 let mut servers: Vec<usize> = (0..self.config.servers).collect();
@@ -358,11 +432,12 @@ impl World {
                     self.ensemble.restart(s);
                 }
                 self.ensemble.wait_serving(Duration::from_secs(120));
+                return false;
             }
             FaultKind::RestartAll => {
                 for i in 0..self.slots.len() {
-                    if let Some(p) = &mut self.slots[i].current {
-                        p.kill();
+                    if let Some(c) = &mut self.slots[i].current {
+                        c.process.kill();
                     }
                     self.retire(i);
                 }
@@ -377,8 +452,18 @@ impl World {
                 for i in 0..self.slots.len() {
                     self.start_participant(i);
                 }
+                return false;
             }
         }
+        true
+    }
+
+    fn pause(&mut self, target: usize, hold: Duration) {
+        self.signal(target, libc::SIGSTOP);
+        self.slots[target].paused = true;
+        std::thread::sleep(hold);
+        self.signal(target, libc::SIGCONT);
+        self.slots[target].paused = false;
     }
 
     /// Makes sure nothing is left broken.
@@ -389,8 +474,9 @@ impl World {
                 self.slots[i].paused = false;
             }
             self.slots[i].proxy.heal();
+            self.slots[i].proxy.delay_downstream(Duration::ZERO);
             let exited =
-                self.slots[i].current.as_mut().is_some_and(|p| p.wait_exit(Duration::ZERO).is_some());
+                self.slots[i].current.as_mut().is_some_and(|c| c.process.wait_exit(Duration::ZERO).is_some());
             if exited {
                 self.retire(i);
             }
@@ -402,39 +488,41 @@ impl World {
         self.ensemble.wait_serving(Duration::from_secs(120));
     }
 
+    /// Every participant's log lines, and its journal lines as `journal`
+    /// events, each with the participant's incarnation id.
     fn all_events(&self) -> Vec<(String, Event)> {
-        self.slots
-            .iter()
-            .flat_map(|slot| {
-                slot.past
-                    .iter()
-                    .chain(slot.current.iter())
-                    .flat_map(|p| p.events())
-                    .map(|e| (slot.id.clone(), e))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for c in self.slots.iter().flat_map(|slot| slot.past.iter().chain(slot.current.iter())) {
+            out.extend(c.process.events().into_iter().map(|e| (c.id.clone(), e)));
+            let journal = std::fs::read_to_string(c.journal.join("ticks")).unwrap_or_default();
+            let lines = EventLog::default();
+            for line in journal.lines() {
+                lines.push(serde_json::json!({ "event": "journal", "message": line }).to_string());
+            }
+            out.extend(lines.all().into_iter().map(|e| (c.id.clone(), e)));
+        }
+        out
     }
 }
 
-/// A tick as the witness logged it.
-#[derive(Clone, Debug)]
-struct Tick {
-    id: String,
-    term: u64,
-    start: u64,
-    end: Option<u64>,
-}
-
-fn number_after(message: &str, word: &str) -> Option<u64> {
-    let mut words = message.split_whitespace();
-    words.find(|w| *w == word)?;
-    words.next()?.parse().ok()
+/// Deletes `path` as an outside client would (an operator, a bad script).
+fn delete_node(ensemble: &Ensemble, path: &str) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let servers = ensemble.connect_string();
+    runtime.block_on(async {
+        let connect = zookeeper_client::Client::connector()
+            .with_session_timeout(Duration::from_secs(4))
+            .connect(&servers);
+        if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.delete(path, None)).await;
+        }
+    });
 }
 
 /// Runs the chaos and checks what happened.
 pub fn run(config: ChaosConfig) -> Report {
     let started = Instant::now();
-    let faults = Schedule::new(&config);
+    let mut faults = Schedule::new(&config);
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed);
     let ensemble =
         Ensemble::start_with(EnsembleOptions { servers: config.servers, ..EnsembleOptions::default() });
@@ -447,7 +535,13 @@ pub fn run(config: ChaosConfig) -> Report {
             paused: false,
         })
         .collect();
-    let mut world = World { config: config.clone(), ensemble, slots };
+    let mut world = World {
+        config: config.clone(),
+        ensemble,
+        slots,
+        journals: TempDir::new("journals"),
+        spans: Vec::new(),
+    };
     for i in 0..config.participants {
         world.start_participant(i);
     }
@@ -455,10 +549,9 @@ pub fn run(config: ChaosConfig) -> Report {
 
     let mut report = Report { seed: config.seed, ..Report::default() };
     let deadline = Instant::now() + config.duration;
-    for fault in faults {
-        if Instant::now() >= deadline {
-            break;
-        }
+    // Every kind once even in a short run, then until the duration is up.
+    while !faults.covered() || Instant::now() < deadline {
+        let Some(fault) = faults.next() else { break };
         std::thread::sleep(fault.gap);
         if config.verbose {
             eprintln!("[{:>6.1}s] {fault}", started.elapsed().as_secs_f64());
@@ -476,7 +569,7 @@ pub fn run(config: ChaosConfig) -> Report {
     // backoff (up to 5 s) of participants whose sessions were lost.
     let bound = config.session_timeout + Duration::from_secs(8);
     let first_tick = crate::wait_for_opt(bound + Duration::from_secs(20), || {
-        world.all_events().iter().filter_map(|(_, e)| witness_start(e)).filter(|&s| s > healed).min()
+        world.all_events().iter().filter_map(|(_, e)| tick_start(e)).filter(|&s| s > healed).min()
     });
     report.recovery = first_tick.map(|t| Duration::from_nanos(t - healed));
     match report.recovery {
@@ -491,135 +584,75 @@ pub fn run(config: ChaosConfig) -> Report {
         world.signal(i, libc::SIGTERM);
     }
     for slot in &mut world.slots {
-        if let Some(p) = &mut slot.current
-            && p.wait_exit(Duration::from_secs(20)).is_none()
+        if let Some(c) = &mut slot.current
+            && c.process.wait_exit(Duration::from_secs(20)).is_none()
         {
-            p.kill();
+            c.process.kill();
         }
     }
-    check(&world.all_events(), stored_counter(&world.ensemble), &mut report);
+    let history = History {
+        events: world.all_events(),
+        faults: world.spans.clone(),
+        counter: Some(stored_counter(&world.ensemble)),
+        session_timeout: config.session_timeout,
+    };
+    if let Some(path) = &config.save {
+        save(path, &history);
+    }
+    check(&history, &mut report);
     report.elapsed = started.elapsed();
     report
 }
 
-fn witness_start(event: &Event) -> Option<u64> {
-    (event.kind() == "plugin_log" && event.message().starts_with("witness start "))
-        .then(|| number_after(event.message(), "start"))
-        .flatten()
+/// Writes `history` as JSON lines: the session timeout, each fault as
+/// applied, then `{"id": .., "line": ..}` for every log and journal line.
+fn save(path: &std::path::Path, history: &History) {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let timeout = serde_json::json!({ "session_timeout_ms": history.session_timeout.as_millis() as u64 });
+    let _ = writeln!(text, "{timeout}");
+    for f in &history.faults {
+        let fault = serde_json::json!({
+            "fault": format!("{:?}", f.kind),
+            "participant": f.participant,
+            "start_ns": f.start_ns,
+            "end_ns": f.end_ns,
+        });
+        let _ = writeln!(text, "{fault}");
+    }
+    for (id, e) in &history.events {
+        let _ = writeln!(text, "{}", serde_json::json!({ "id": id, "line": e.raw }));
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("chaos: cannot save the history to {}: {e}", path.display());
+    }
 }
 
-/// Checks the properties on what the participants logged (`events`: the
-/// participant id and each of its log lines) and on the stored counter
-/// (value and version), adding what it finds to `report`.
-pub fn check(events: &[(String, Event)], stored: Result<(u64, i32), String>, report: &mut Report) {
-    // Property 1: ticks of different participants never overlap.
-    let mut ticks: BTreeMap<(String, u64), Tick> = BTreeMap::new();
-    for (id, e) in events {
-        if e.kind() != "plugin_log" {
-            continue;
-        }
-        let m = e.message();
-        if let Some(start) = witness_start(e) {
-            let term = number_after(m, "term").unwrap_or(0);
-            ticks.entry((id.clone(), start)).or_insert(Tick { id: id.clone(), term, start, end: None });
-        } else if m.starts_with("witness end ") {
-            let mut words = m.split_whitespace().skip(2);
-            let start: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            let end: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            let term = number_after(m, "term").unwrap_or(0);
-            ticks.entry((id.clone(), start)).or_insert(Tick { id: id.clone(), term, start, end: None }).end =
-                Some(end);
-        }
-    }
-    let mut ticks: Vec<Tick> = ticks.into_values().collect();
-    ticks.sort_by_key(|t| t.start);
-    report.ticks = ticks.len();
-    report.cut_off = ticks.iter().filter(|t| t.end.is_none()).count();
-    let mut reach: Option<&Tick> = None;
-    for tick in &ticks {
-        if let Some(before) = reach
-            && before.id != tick.id
-            && tick.start <= before.end.unwrap_or(before.start)
-        {
-            report.violations.push(format!(
-                "overlap: {} ticked {}..{:?} (term {}) while {} started at {} (term {})",
-                before.id, before.start, before.end, before.term, tick.id, tick.start, tick.term
-            ));
-        }
-        let reaches_further = reach.is_none_or(|b| tick.end.unwrap_or(tick.start) > b.end.unwrap_or(b.start));
-        if reaches_further {
-            reach = Some(tick);
+/// Reads a history written by `--save` (the counter is not saved).
+pub fn load(path: &std::path::Path) -> std::io::Result<History> {
+    let text = std::fs::read_to_string(path)?;
+    let mut history = History::default();
+    let events = EventLog::default();
+    let mut ids = Vec::new();
+    for line in text.lines() {
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let Some(ms) = json["session_timeout_ms"].as_u64() {
+            history.session_timeout = Duration::from_millis(ms);
+        } else if let Some(kind) = json["fault"].as_str() {
+            let Some(kind) = FaultKind::ALL.into_iter().find(|k| format!("{k:?}") == kind) else { continue };
+            history.faults.push(FaultSpan {
+                kind,
+                participant: json["participant"].as_str().map(str::to_string),
+                start_ns: json["start_ns"].as_u64().unwrap_or(0),
+                end_ns: json["end_ns"].as_u64().unwrap_or(0),
+            });
+        } else if let (Some(id), Some(raw)) = (json["id"].as_str(), json["line"].as_str()) {
+            ids.push(id.to_string());
+            events.push(raw.to_string());
         }
     }
-
-    // Property 2: successive elections have strictly increasing terms, and
-    // ticks never go back to an older term.
-    let mut elections: Vec<(u64, u64, String)> = events
-        .iter()
-        .filter(|(_, e)| e.kind() == "elected")
-        .filter_map(|(id, e)| Some((e.mono_ns()?, e.term()?, id.clone())))
-        .collect();
-    elections.sort();
-    report.handovers = elections.len();
-    for pair in elections.windows(2) {
-        if pair[1].1 <= pair[0].1 {
-            report.violations.push(format!(
-                "term did not increase: {} elected with {} after {} with {}",
-                pair[1].2, pair[1].1, pair[0].2, pair[0].1
-            ));
-        }
-    }
-    for pair in ticks.windows(2) {
-        if pair[1].term < pair[0].term {
-            report.violations.push(format!(
-                "tick went back from term {} ({}) to {} ({})",
-                pair[0].term, pair[0].id, pair[1].term, pair[1].id
-            ));
-        }
-    }
-
-    // Property 4: the counter lost and duplicated nothing.
-    let mut commits: Vec<(u64, u64, u64, String)> = events
-        .iter()
-        .filter(|(_, e)| e.kind() == "plugin_log" && e.message().starts_with("committed "))
-        .filter_map(|(id, e)| {
-            let n = number_after(e.message(), "committed")?;
-            Some((e.mono_ns()?, n, number_after(e.message(), "term")?, id.clone()))
-        })
-        .collect();
-    commits.sort();
-    report.commits = commits.len();
-    for pair in commits.windows(2) {
-        if pair[1].1 <= pair[0].1 {
-            report.violations.push(format!(
-                "counter: {} committed {} after {} committed {}",
-                pair[1].3, pair[1].1, pair[0].3, pair[0].1
-            ));
-        }
-        if pair[1].2 < pair[0].2 {
-            report.violations.push(format!("counter: term went back from {} to {}", pair[0].2, pair[1].2));
-        }
-    }
-    match stored {
-        Ok((value, version)) => {
-            report.counter = value;
-            if value != version as u64 + 1 {
-                report.violations.push(format!(
-                    "counter: value {value} at version {version}: an increment was lost or doubled"
-                ));
-            }
-            if let Some(last) = commits.last()
-                && last.1 > value
-            {
-                report
-                    .violations
-                    .push(format!("counter: {} was logged as committed, but {value} is stored", last.1));
-            }
-        }
-        // No commit was ever logged: the counter may well not exist.
-        Err(_) if report.commits == 0 => report.counter = 0,
-        Err(e) => report.violations.push(format!("counter: cannot read it: {e}")),
-    }
+    history.events = ids.into_iter().zip(events.all()).collect();
+    Ok(history)
 }
 
 fn stored_counter(ensemble: &Ensemble) -> Result<(u64, i32), String> {

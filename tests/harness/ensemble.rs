@@ -244,28 +244,27 @@ impl Ensemble {
         }
     }
 
-    /// Kills server `i` and starts it again with `maxSessionTimeout` set to
-    /// `max`, as a server configured differently from the rest: a session
-    /// that reconnects to it is granted at most `max` (the server
-    /// renegotiates the timeout of a live session). Waits until a quorum
-    /// serves again.
-    pub fn restart_with_max_session_timeout(&mut self, i: usize, max: Duration) {
-        self.kill(i);
-        let cfg_path = self.servers[i].dir.join("zoo.cfg");
-        let cfg = std::fs::read_to_string(&cfg_path).expect("read zoo.cfg");
+    /// Restarts server `i` with `maxSessionTimeout` set to `max` (`None`:
+    /// the default of 300 ticks). Sessions it accepts from then on (new, or
+    /// reconnecting to it) get at most `max`.
+    pub fn restart_with_max_session_timeout(&mut self, i: usize, max: Option<Duration>) {
+        let max_ms = max.map_or(300 * self.options.tick.as_millis(), |m| m.as_millis());
+        let path = self.servers[i].dir.join("zoo.cfg");
+        let cfg = std::fs::read_to_string(&path).expect("read zoo.cfg");
         let cfg: String = cfg
             .lines()
-            .map(|line| {
-                if line.starts_with("maxSessionTimeout=") {
-                    format!("maxSessionTimeout={}\n", max.as_millis())
+            .map(|l| {
+                if l.starts_with("maxSessionTimeout=") {
+                    format!("maxSessionTimeout={max_ms}")
                 } else {
-                    format!("{line}\n")
+                    l.to_string()
                 }
             })
+            .map(|l| l + "\n")
             .collect();
-        std::fs::write(&cfg_path, cfg).expect("write zoo.cfg");
+        std::fs::write(&path, cfg).expect("write zoo.cfg");
+        self.kill(i);
         self.spawn(i);
-        self.wait_serving(Duration::from_secs(60));
     }
 
     /// Freezes server `i` (SIGSTOP): it keeps its sockets but answers nothing.

@@ -10,6 +10,7 @@
 
 pub mod capture;
 pub mod chaos;
+pub mod checker;
 pub mod ensemble;
 pub mod events;
 pub mod hostile;

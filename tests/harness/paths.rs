@@ -9,7 +9,11 @@ pub fn root() -> PathBuf {
 
 /// The `zkrun` binary built with the running test or demo binary
 /// (`target/<profile>/zkrun`).
+/// `$ZKRUN_BINARY` overrides it (the mutation script runs mutants so).
 pub fn zkrun_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ZKRUN_BINARY") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("current exe");
     // Tests live in target/<profile>/deps/, binaries in target/<profile>/.
     let mut profile_dir = exe.parent().expect("binary has a directory");

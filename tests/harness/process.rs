@@ -26,6 +26,14 @@ impl Process {
         Process::spawn(id, command)
     }
 
+    /// Like [`Process::zkrun`], with extra environment variables (failpoints).
+    pub fn zkrun_with_env<S: AsRef<OsStr>>(id: &str, args: &[S], env: &[(&str, &str)]) -> Process {
+        let mut command = Command::new(paths::zkrun_binary());
+        command.args(["run", "--log-format", "json", "--id", id]).args(args);
+        command.envs(env.iter().copied());
+        Process::spawn(id, command)
+    }
+
     /// Starts a command as given; stdout and stderr lines become events.
     pub fn spawn(id: &str, mut command: Command) -> Process {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());

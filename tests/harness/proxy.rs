@@ -13,6 +13,8 @@ use tokio::time::Instant;
 struct Control {
     /// Bytes flow only while this is false.
     partitioned: bool,
+    /// New connections are closed at once (a host that refuses them).
+    refusing: bool,
     /// Connections opened under an older generation are closed.
     generation: u64,
     /// How long server→client bytes are held before they are passed on
@@ -36,8 +38,12 @@ impl Proxy {
             .enable_all()
             .build()
             .expect("proxy runtime");
-        let (control, _) =
-            watch::channel(Control { partitioned: false, generation: 0, downstream_delay: Duration::ZERO });
+        let (control, _) = watch::channel(Control {
+            partitioned: false,
+            refusing: false,
+            generation: 0,
+            downstream_delay: Duration::ZERO,
+        });
         let mut addrs = Vec::new();
         for &upstream in upstreams {
             // Bound here (not with block_on) so tests on a runtime can start proxies.
@@ -72,6 +78,17 @@ impl Proxy {
     pub fn heal(&self) {
         self.control.send_modify(|c| {
             c.partitioned = false;
+            c.refusing = false;
+            c.generation += 1;
+        });
+    }
+
+    /// Closes every current connection and refuses new ones (closes them
+    /// at once) until healed: the client keeps failing to connect, so its
+    /// reconnect backoff grows.
+    pub fn refuse(&self) {
+        self.control.send_modify(|c| {
+            c.refusing = true;
             c.generation += 1;
         });
     }
@@ -104,6 +121,9 @@ impl Drop for Proxy {
 
 async fn forward(mut client: TcpStream, upstream: SocketAddr, mut control: watch::Receiver<Control>) {
     let born = control.borrow().generation;
+    if control.borrow().refusing {
+        return;
+    }
     if control.borrow().partitioned {
         // Accept, then say nothing until healed; then hang up.
         let _ = control.wait_for(|c| !c.partitioned).await;

@@ -175,9 +175,12 @@ async fn quorum_loss_demotes_before_expiry_then_one_leader() {
         peers[0].wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
     let after = cut.elapsed();
     assert_eq!(demoted, LeadershipEvent::Demoted { term, reason: DemoteReason::ConnectionLost });
-    // The session cannot expire server-side before T after the last contact,
-    // which was before the cut: demotion must come first.
-    assert!(after < SESSION, "demoted {after:?} after quorum loss; session timeout is {SESSION:?}");
+    // It demoted itself on its deadline, with no quorum to tell it anything
+    // (none is back yet: the order holds by construction). The bound only
+    // says it did not hang: its deadline plus a whole session timeout of
+    // slack for a busy machine.
+    let deadline = peers[0].election.timing().expect("a session was established").deadline;
+    assert!(after < deadline + SESSION, "demoted {after:?} after quorum loss; deadline {deadline:?}");
     assert!(peers[0].election.confirmed().is_none());
 
     for i in 0..3 {
@@ -212,27 +215,32 @@ async fn partitioned_leader_is_demoted_and_a_successor_leads_with_a_higher_term(
     next.wait_event("Joined", SOON, |e| matches!(e, LeadershipEvent::Joined { .. })).await;
 
     cut_off.partition();
-    let cut = Instant::now();
-    old.wait_event("Suspended", SOON, |e| matches!(e, LeadershipEvent::Suspended { .. })).await;
-    let demoted = old.wait_event("Demoted", SOON, |e| matches!(e, LeadershipEvent::Demoted { .. })).await;
-    let demoted_after = cut.elapsed();
-    assert!(
-        matches!(demoted, LeadershipEvent::Demoted { term: t, reason: DemoteReason::ConnectionLost } if t == term),
-        "{demoted:?}"
-    );
-
-    // The successor can only lead once the old leader demoted itself: it
-    // takes over at the old leader's deadline, or after its session expired.
+    // The successor leads once the old leader stopped renewing past its
+    // deadline (or its session expired). What matters is the order: by
+    // then the old leader must already have demoted itself. So wait for
+    // the successor first, and look at what the old leader had emitted by
+    // that moment (its events are queued as they happen; nothing here
+    // depends on when this test got around to reading them).
     let new_term = next.wait_elected(SOON).await;
-    let elected_after = cut.elapsed();
+    old.drain();
+    assert!(
+        old.election.confirmed().is_none() && !matches!(old.election.state(), ElectionState::Leader { .. }),
+        "the old leader still leads as its successor is elected: {:?}",
+        old.election.state()
+    );
+    let seen = old.events_seen();
+    let demoted = seen.iter().find(|e| matches!(e, LeadershipEvent::Demoted { .. }));
+    assert!(
+        matches!(demoted, Some(LeadershipEvent::Demoted { term: t, reason: DemoteReason::ConnectionLost }) if *t == term),
+        "the successor was elected before the old leader demoted itself; old leader saw {seen:?}"
+    );
+    let suspended = seen.iter().position(|e| matches!(e, LeadershipEvent::Suspended { .. }));
+    let demoted_at = seen.iter().position(|e| matches!(e, LeadershipEvent::Demoted { .. }));
+    assert!(suspended < demoted_at, "suspended before demoted: {seen:?}");
     assert!(new_term > term);
     // It did not wait for the old session to expire: the old leader stopped
     // renewing its lease, so past its deadline the next took over.
     assert_eq!(next.election.stats().takeovers, 1);
-    assert!(
-        demoted_after < elected_after,
-        "old leader demoted at {demoted_after:?}, successor elected at {elected_after:?}"
-    );
     assert!(old.election.confirmed().is_none());
 
     // After healing, the old leader rejoins with a new session and follows.
@@ -556,7 +564,8 @@ async fn a_renegotiated_session_timeout_shortens_the_lease() {
     let session = leader.session().unwrap();
 
     let short = Duration::from_secs(4);
-    ensemble.restart_with_max_session_timeout(0, short);
+    ensemble.restart_with_max_session_timeout(0, Some(short));
+    ensemble.wait_serving(Duration::from_secs(60));
     zkrun_tests::wait_for_async("the timing to follow the renegotiated timeout", SOON, || {
         let timing = leader.election.timing();
         async move { (timing.map(|t| t.session_timeout) == Some(short)).then_some(()) }

@@ -216,53 +216,73 @@ async fn the_counter_keeps_counting_across_sigterm_and_sigkill() {
     assert_eq!(all.last().unwrap().1, last_term);
 }
 
+/// A deposed leader whose session is still alive sends a write it decided
+/// on while it led: only the fence (its election node, deleted when the
+/// successor took over) can refuse it. The session must stay alive, or the
+/// write would be refused for the session's expiry instead, which says
+/// nothing about the fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_leaders_write_is_refused_and_the_new_leaders_value_stays() {
+async fn a_deposed_leaders_paused_write_is_refused_by_the_fence_alone() {
     let ensemble = Ensemble::start();
-    let election = "/zkrun/s/frozen";
-    // The first participant pauses between deciding to write and sending the
-    // write, as a long GC pause would; we freeze it right there.
+    let election = "/zkrun/s/deposed";
+    // T = 6 s: the successor takes over at the old leader's deadline plus
+    // 15% (about 0.77 T after its last renewal), more than a second before
+    // the old session could expire (T after its last contact), which leaves
+    // room to heal the partition and reconnect.
+    let session = "6s";
+    let proxy = Proxy::start(&ensemble.client_addrs());
+    let mut old_args = counter_args(
+        &ensemble,
+        election,
+        session,
+        "200ms",
+        &["--hook-timeout", "60s", "--plugin-config", "write=put"],
+    );
+    old_args[3] = proxy.connect_string().into();
+    // The old leader pauses between deciding to write and sending the write
+    // (as in a long GC pause), longer than it takes to depose it.
     let mut command = std::process::Command::new(paths::zkrun_binary());
     command
-        .args(["run", "--log-format", "json", "--id", "frozen"])
-        .args(counter_args(
-            &ensemble,
-            election,
-            "2s",
-            "200ms",
-            &["--hook-timeout", "60s", "--plugin-config", "write=put"],
-        ))
-        .env(WRITE_DELAY_FAILPOINT, "1500ms");
-    let frozen = Process::spawn("frozen", command);
-    frozen.wait_event("joined", SOON, |e| e.kind() == "joined");
-    let successor = Process::zkrun("successor", &counter_args(&ensemble, election, "2s", "50ms", &[]));
+        .args(["run", "--log-format", "json", "--id", "old"])
+        .args(old_args)
+        .env(WRITE_DELAY_FAILPOINT, "8s");
+    let old = Process::spawn("old", command);
+    old.wait_event("joined", SOON, |e| e.kind() == "joined");
+    let successor = Process::zkrun("successor", &counter_args(&ensemble, election, session, "50ms", &[]));
     successor.wait_event("joined", SOON, |e| e.kind() == "joined");
 
-    let first = frozen.wait_event("first commit", SOON, |e| e.message().starts_with("committed 1 "));
-    let after_first = frozen.events().iter().position(|e| e.message().starts_with("committed 1 ")).unwrap();
+    let first = old.wait_event("first commit", SOON, |e| e.message().starts_with("committed 1 "));
+    let after_first = old.events().iter().position(|e| e.message().starts_with("committed 1 ")).unwrap();
     // The next tick passed its lease check and is pausing before its write:
-    // freeze it right there.
-    frozen.wait_event_from(after_first, "the next write's pause", SOON, |e| e.kind() == "failpoint_delay");
-    frozen.signal(libc::SIGSTOP);
-    frozen.wait_stopped();
+    // cut the old leader off right there, until its successor has taken
+    // over, then let it reconnect on its still-open session.
+    old.wait_event_from(after_first, "the next write's pause", SOON, |e| e.kind() == "failpoint_delay");
+    proxy.partition();
     let took_over = successor.wait_event("successor elected", SOON, |e| e.kind() == "elected");
+    proxy.heal();
     assert!(took_over.term() > first.term());
+    assert!(
+        successor.events().iter().any(|e| e.kind() == "took_over"),
+        "the successor must have deposed a live session: {}",
+        successor.dump()
+    );
     zkrun_tests::wait_for("successor commits", SOON, || (commits(&successor).len() >= 3).then_some(()));
-    frozen.signal(libc::SIGCONT);
 
-    // The frozen leader's blind `put` goes out late. Unfenced, it would
-    // overwrite the successor's counter with "2 <old term>". ZooKeeper
-    // refuses it: the session, and with it the election node, is gone. The
-    // host reports the refusal (`write_fenced`), or an unknown outcome when
-    // the client only learns of the expiry by losing the connection with the
-    // write in flight (the plugin can no longer log either: every host call
-    // after its lease lapsed is refused).
-    let fate = frozen.wait_event("the late write's fate", SOON, |e: &Event| {
+    // The old leader's blind `put` goes out late, on its live session.
+    // Unfenced, it would overwrite the successor's counter with
+    // "2 <old term>". The fence refuses it: ZooKeeper answers that the old
+    // leader's election node is gone (`write_fenced`). Nothing else counts:
+    // an expired session or a lost connection is not the fence at work.
+    let fate = old.wait_event("the late write's fate", SOON, |e: &Event| {
         matches!(e.kind(), "write_fenced" | "write_outcome_unknown")
     });
+    assert_eq!(fate.kind(), "write_fenced", "{}", old.dump());
     assert_eq!(fate.str("key"), "counter");
     assert_eq!(fate.term(), first.term());
-    assert_eq!(commits(&frozen).len(), 1, "{}", frozen.dump());
+    let sessions: std::collections::BTreeSet<String> =
+        old.events().iter().filter(|e| e.kind() == "joined").map(|e| e.str("session").to_string()).collect();
+    assert_eq!(sessions.len(), 1, "the old leader's session lived on: {}", old.dump());
+    assert_eq!(commits(&old).len(), 1, "{}", old.dump());
     std::thread::sleep(Duration::from_millis(500));
     // Nothing of the old leader's landed: the stored value is the new
     // leader's, every write since the first was one of its increments, and

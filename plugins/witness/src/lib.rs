@@ -9,19 +9,40 @@
 //! Log lines (parsed by `tests/harness/chaos.rs`):
 //! - `witness start <ns> term <T>`
 //! - `committed <N> under term <T> (version <V>)` / `write of <N> ...`
+//! - `blind put term <T> seq <N> version <V>`, `blind read term <T> seq <N>
+//!   version <V>` (blind mode)
 //! - `witness end <start ns> <end ns> term <T>`
 //!
 //! A tick cut off by zkrun (leadership lost) logs no end: zkrun refuses
-//! every host call after the lease, including these logs.
+//! every host call after the lease, including these logs. So that such a
+//! tick still leaves a record, the witness also appends to a journal in a
+//! granted directory (`/journal/ticks`, if granted), which no permit
+//! guards: `start <ns> term <T>` before anything else, and the outcome of
+//! each blind put. A tick that ran when it should not have shows there.
+//!
+//! Blind mode (`--plugin-config blind=on`): every tick first reads and logs
+//! the value under `blind`, and every other tick, instead of the counter
+//! increment, puts `term <T> seq <N>` there without compare-and-set. Only
+//! the fence then stops a deposed leader's write, so a write landing after
+//! the successor's shows as a term going back in version order (seen by its
+//! writer or by the successor's next read).
 
 wit_bindgen::generate!({ path: "../../wit", world: "job" });
 
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wasi::clocks::monotonic_clock;
-use zkrun::plugin::host::log;
+use zkrun::plugin::host::{config, log};
 use zkrun::plugin::state::{self, StateError};
 use zkrun::plugin::types::Level;
 
 const KEY: &str = "counter";
+const BLIND_KEY: &str = "blind";
+const JOURNAL: &str = "/journal/ticks";
+
+/// Ticks of this instance, numbering its blind puts.
+static TICKS: AtomicU64 = AtomicU64::new(0);
 
 struct Witness;
 
@@ -34,14 +55,55 @@ impl Guest for Witness {
     fn tick(leadership: Leadership) -> Result<(), String> {
         let term = leadership.term;
         let start = monotonic_clock::now();
+        journal(&format!("start {start} term {term}"));
         log(Level::Info, &format!("witness start {start} term {term}"));
-        increment(term);
+        let seq = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+        let blind = config("blind").as_deref() == Some("on");
+        if blind {
+            observe_blind();
+        }
+        if blind && seq % 2 == 1 {
+            blind_put(term, seq);
+        } else {
+            increment(term);
+        }
         let end = monotonic_clock::now();
         log(Level::Info, &format!("witness end {start} {end} term {term}"));
         Ok(())
     }
 
     fn on_demoted(_: DemoteReason) {}
+}
+
+/// Appends a line to the journal, if one was granted; nothing guards it.
+fn journal(line: &str) {
+    // One write per line: a hook can be cut off between two writes.
+    if let Ok(mut file) = std::fs::OpenOptions::new().append(true).create(true).open(JOURNAL) {
+        let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Logs the blind value as read: a deposed leader's put that landed shows
+/// here even if its writer never got to record it.
+fn observe_blind() {
+    if let Ok(Some(entry)) = state::get(BLIND_KEY) {
+        let value = String::from_utf8_lossy(&entry.value).into_owned();
+        log(Level::Info, &format!("blind read {value} version {}", entry.version));
+    }
+}
+
+fn blind_put(term: u64, seq: u64) {
+    match state::put(BLIND_KEY, format!("term {term} seq {seq}").as_bytes()) {
+        Ok(version) => {
+            let line = format!("blind put term {term} seq {seq} version {version}");
+            journal(&line);
+            log(Level::Info, &line);
+        }
+        Err(e) => {
+            journal(&format!("blind refused term {term} seq {seq}: {e:?}"));
+            log(Level::Warn, &format!("blind put of seq {seq} failed: {e:?}"));
+        }
+    }
 }
 
 fn increment(term: u64) {

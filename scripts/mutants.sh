@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Mutation check of zkrun's safety proof: puts each of a small set of known
+# bugs (mutants) into the host, one at a time, and runs the chaos checker
+# (and, with --tests, the suite tests that name the property) against it.
+# Prints caught/missed per mutant. Not part of CI (about 5 minutes per
+# mutant); its last result is in docs/chaos.md.
+#
+#   scripts/mutants.sh [--tests] [--seed N] [--duration 100s] [mutant...]
+#
+# Each mutant is a literal edit of one distinctive line; the script stops
+# if that line is not found exactly once (the code moved: update the
+# anchor). The source is restored after each build and on any exit; the
+# mutant binaries are kept in target/mutants/ and the chaos runs use them
+# through $ZKRUN_BINARY. At the end zkrun is rebuilt from the real source.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seed=20261125
+duration=100s
+with_tests=0
+only=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tests) with_tests=1 ;;
+        --seed) seed=$2; shift ;;
+        --duration) duration=$2; shift ;;
+        -*) echo "mutants: unknown option $1" >&2; exit 2 ;;
+        *) only+=("$1") ;;
+    esac
+    shift
+done
+
+out=target/mutants
+mkdir -p "$out/orig"
+files=(host/src/supervisor.rs host/src/state/zookeeper.rs host/src/election/timing.rs host/src/election/machine.rs)
+for f in "${files[@]}"; do
+    mkdir -p "$out/orig/$(dirname "$f")"
+    cp "$f" "$out/orig/$f"
+done
+restore() {
+    for f in "${files[@]}"; do
+        cmp -s "$out/orig/$f" "$f" || cp "$out/orig/$f" "$f"
+    done
+}
+trap 'restore; echo "mutants: source restored; rebuild with cargo build --release -p zkrun" >&2' EXIT
+
+# edit FILE OLD NEW: replaces the one occurrence of OLD (literal) by NEW.
+edit() {
+    python3 - "$@" <<'PY'
+import sys
+path, old, new = sys.argv[1:4]
+text = open(path).read()
+n = text.count(old)
+if n != 1:
+    sys.exit(f"mutants: anchor found {n} times in {path} (expected once): {old!r}")
+open(path, "w").write(text.replace(old, new))
+PY
+}
+
+# The mutants: name, the tests that name its property, and its edits.
+# `none` is the real code: the same run must find nothing.
+mutant_none() { :; }
+skip_pre_tick_check() {
+    # Ticks are scheduled and started while suspended.
+    edit host/src/supervisor.rs \
+        'if !lead.suspended && lead.instance.is_some() && self.running.is_none() =>' \
+        'if lead.instance.is_some() && self.running.is_none() =>'
+    edit host/src/supervisor.rs \
+        'if self.election.confirmed().is_none_or(|lease| lease.term != lead.term) {' \
+        'if false {'
+}
+mutant_pre_tick() { skip_pre_tick_check; }
+mutant_pre_tick_and_permit() {
+    skip_pre_tick_check
+    edit host/src/supervisor.rs \
+        'Arc::new(move || election.confirmed().is_some_and(|lease| lease.term == term))' \
+        'Arc::new(move || { let _ = (&election, term); true })'
+}
+mutant_fence_on_election_path() {
+    # The fence checks a node that always exists: the election's own path.
+    edit host/src/state/zookeeper.rs \
+        'multi.add_check_version(&self.fence.node_path, -1)' \
+        'multi.add_check_version(self.dir.trim_end_matches("/state"), -1)'
+}
+mutant_late_demotion() {
+    edit host/src/election/timing.rs \
+        'deadline: session_timeout * 2 / 3,' \
+        'deadline: session_timeout * 11 / 10,'
+}
+mutant_early_takeover() {
+    edit host/src/election/machine.rs \
+        'self.seen_at + self.deadline + self.deadline * 3 / 20' \
+        'self.seen_at + self.deadline / 2'
+}
+
+mutants=(none pre_tick pre_tick_and_permit fence_on_election_path late_demotion early_takeover)
+declare -A tests_of=(
+    [none]='test(partitioned_leader) | test(sigterm_hands_over) | test(/^state::/)'
+    [pre_tick]='test(a_frozen_leader_never_ticks_again) | test(frozen_leader_knows)'
+    [pre_tick_and_permit]='test(a_frozen_leader_never_ticks_again) | test(frozen_leader_knows) | test(permit)'
+    [fence_on_election_path]='test(/^state::/)'
+    [late_demotion]='test(partitioned_leader) | test(quorum_loss_demotes) | test(sigterm_hands_over)'
+    [early_takeover]='test(partitioned_leader) | test(sigterm_hands_over) | test(deposed_leaders)'
+)
+[ ${#only[@]} -gt 0 ] && mutants=("${only[@]}")
+
+cargo build --release -p zkrun -p zkrun-tests --bins >/dev/null
+scripts/build-plugins.sh >/dev/null
+
+results=()
+for m in "${mutants[@]}"; do
+    echo "==> mutant $m" >&2
+    restore
+    "mutant_$m"
+    git --no-pager diff --stat -- "${files[@]}" >&2
+    cargo build --release -p zkrun --bin zkrun 2>&1 | tail -1 >&2
+    cp target/release/zkrun "$out/zkrun-$m"
+    tests="-"
+    if [ "$with_tests" = 1 ]; then
+        # The suite links the mutated library too: run it before restoring.
+        if ZKRUN_BINARY="$PWD/$out/zkrun-$m" cargo nextest run --release -p zkrun-tests --no-fail-fast \
+            -E "${tests_of[$m]}" >"$out/$m.tests" 2>&1; then
+            tests="missed"
+        else
+            tests="caught ($(grep -E '^ +FAIL \[' "$out/$m.tests" | sed 's/.*suite //' | sort -u | wc -l) failed)"
+        fi
+    fi
+    restore
+    status=0
+    ZKRUN_BINARY="$PWD/$out/zkrun-$m" target/release/zkrun-chaos --quiet --seed "$seed" --duration "$duration" \
+        --save "$out/$m.history" >"$out/$m.report" 2>&1 || status=$?
+    violations=$(sed -n 's/^violations: //p' "$out/$m.report")
+    kinds=$(sed -n '/^violations:/,$s/^  \([a-z][a-z ]*[a-z]\)[: ].*/\1/p' "$out/$m.report" | sort | uniq -c |
+        sed 's/^ *\([0-9]*\) \(.*\)/\2 ×\1/' | paste -sd, - | sed 's/,/, /g')
+    if [ "$m" = none ]; then
+        chaos="${violations:-?} violations (exit $status)${kinds:+: $kinds}"
+    elif [ "$status" = 1 ] && [ "${violations:-0}" -gt 0 ]; then
+        chaos="caught: $kinds"
+    else
+        chaos="MISSED (exit $status)"
+    fi
+    results+=("$(printf '%-24s tests: %-22s chaos: %s' "$m" "$tests" "$chaos")")
+    echo "${results[-1]}" >&2
+done
+
+restore
+trap - EXIT
+cargo build --release -p zkrun --bin zkrun >/dev/null 2>&1
+echo
+echo "mutants (seed $seed, $duration of faults, $(nproc) cores, $(date -u +%F)):"
+printf '%s\n' "${results[@]}"
