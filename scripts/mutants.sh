@@ -32,7 +32,7 @@ done
 
 out=target/mutants
 mkdir -p "$out/orig"
-files=(host/src/supervisor.rs host/src/state/zookeeper.rs host/src/election/timing.rs host/src/election/machine.rs)
+files=(host/src/supervisor.rs host/src/state/zookeeper.rs host/src/election/timing.rs host/src/election/machine/follow.rs)
 for f in "${files[@]}"; do
     mkdir -p "$out/orig/$(dirname "$f")"
     cp "$f" "$out/orig/$f"
@@ -79,8 +79,8 @@ mutant_pre_tick_and_permit() {
 mutant_fence_on_election_path() {
     # The fence checks a node that always exists: the election's own path.
     edit host/src/state/zookeeper.rs \
-        'multi.add_check_version(&self.fence.node_path, -1)' \
-        'multi.add_check_version(self.dir.trim_end_matches("/state"), -1)'
+        'let (fence_path, term) = (self.fence.node_path.clone(), self.fence.term);' \
+        'let (fence_path, term) = (self.dir.trim_end_matches("/state").to_string(), self.fence.term);'
 }
 mutant_late_demotion() {
     edit host/src/election/timing.rs \
@@ -88,7 +88,7 @@ mutant_late_demotion() {
         'deadline: session_timeout * 11 / 10,'
 }
 mutant_early_takeover() {
-    edit host/src/election/machine.rs \
+    edit host/src/election/machine/follow.rs \
         'self.seen_at + self.deadline + self.deadline * 3 / 20' \
         'self.seen_at + self.deadline / 2'
 }
