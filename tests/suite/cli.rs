@@ -370,8 +370,8 @@ fn a_clamped_session_timeout_is_reported() {
     assert_eq!(warning.json["negotiated_ms"], 400);
     assert_eq!(warning.str("level"), "WARN");
     // Leases follow the granted timeout.
-    let lease = p.wait_event("lease", SOON, |e| e.kind() == "lease");
-    assert_eq!(lease.json["lease_ms"], 200);
+    let leading = p.wait_event("leading", SOON, |e| e.kind() == "leading");
+    assert_eq!(leading.json["lease_ms"], 200);
 }
 
 #[test]

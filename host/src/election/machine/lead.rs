@@ -81,7 +81,7 @@ impl Machine {
         let mut proof = proof;
         self.elect(session, node, proof);
         info!(
-            event = "lease",
+            event = "leading",
             term = term.0,
             lease_ms = timing.lease.as_millis() as u64,
             deadline_ms = timing.deadline.as_millis() as u64,
