@@ -6,27 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use zkrun_tests::ensemble::free_ports;
-use zkrun_tests::process::run_to_end;
+use zkrun_tests::process::{participant_args, run_to_end};
 use zkrun_tests::{Ensemble, Event, Process, TempDir, monotonic_ns, paths};
 
 const SOON: Duration = Duration::from_secs(30);
 
 /// Arguments for a participant of `election` running `plugin`.
 fn args(ensemble: &Ensemble, election: &str, plugin: &Path, session: &str, extra: &[&str]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "--plugin".into(),
-        plugin.into(),
-        "--zk".into(),
-        ensemble.connect_string().into(),
-        "--election".into(),
-        election.into(),
-        "--tick".into(),
-        "200ms".into(),
-        "--session-timeout".into(),
-        session.into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    args
+    participant_args(&ensemble.connect_string(), election, plugin, "200ms", session, extra)
 }
 
 fn heartbeat_participants(ensemble: &Ensemble, election: &str, n: usize, session: &str) -> Vec<Process> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use zkrun::election::LeadershipEvent;
 use zkrun::state::zookeeper::{FencedStore, WRITE_DELAY_FAILPOINT};
 use zkrun::state::{Entry, MAX_VALUE, StateError, StateStore};
+use zkrun_tests::process::participant_args;
 use zkrun_tests::{Ensemble, Event, Peer, Process, Proxy, paths};
 use zookeeper_client as zk;
 
@@ -126,20 +127,7 @@ fn counter_args(
     tick: &str,
     extra: &[&str],
 ) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "--plugin".into(),
-        paths::plugin("counter").into(),
-        "--zk".into(),
-        ensemble.connect_string().into(),
-        "--election".into(),
-        election.into(),
-        "--tick".into(),
-        tick.into(),
-        "--session-timeout".into(),
-        session.into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    args
+    participant_args(&ensemble.connect_string(), election, &paths::plugin("counter"), tick, session, extra)
 }
 
 /// `committed N under term T` lines of one process: (N, T, mono_ns).
