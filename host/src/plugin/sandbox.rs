@@ -132,8 +132,10 @@ pub struct Output {
 }
 
 /// Token buckets for lines and bytes, and what was dropped since the last
-/// report.
+/// report (which names the instance, so the budget keeps its context).
 struct Budget {
+    context: LogContext,
+    limits: OutputLimits,
     lines: f64,
     bytes: f64,
     refilled: Instant,
@@ -146,6 +148,8 @@ impl Output {
     /// The output of an instance speaking as `context`.
     pub fn new(context: LogContext, limits: OutputLimits) -> Output {
         let budget = Budget {
+            context: context.clone(),
+            limits,
             lines: f64::from(limits.lines_per_second),
             bytes: limits.bytes_per_second as f64,
             refilled: Instant::now(),
@@ -190,13 +194,16 @@ impl Output {
         budget.dropped_bytes += len as u64;
         if budget.reported.is_none_or(|at| now.duration_since(at) >= DROP_REPORT_EVERY) {
             budget.reported = Some(now);
-            self.report(&mut budget);
+            budget.report();
         }
         false
     }
+}
 
-    fn report(&self, budget: &mut Budget) {
-        if budget.dropped_lines == 0 {
+impl Budget {
+    /// Logs what was dropped since the last report, if anything.
+    fn report(&mut self) {
+        if self.dropped_lines == 0 {
             return;
         }
         tracing::warn!(
@@ -204,28 +211,21 @@ impl Output {
             plugin = &*self.context.plugin,
             id = &*self.context.participant,
             term = self.context.term,
-            lines = budget.dropped_lines,
-            bytes = budget.dropped_bytes,
+            lines = self.dropped_lines,
+            bytes = self.dropped_bytes,
             lines_per_second = self.limits.lines_per_second,
             bytes_per_second = self.limits.bytes_per_second,
             "plugin output over its rate limit was dropped"
         );
-        budget.dropped_lines = 0;
-        budget.dropped_bytes = 0;
+        self.dropped_lines = 0;
+        self.dropped_bytes = 0;
     }
 }
 
 impl Drop for Budget {
     fn drop(&mut self) {
         // What was dropped since the last report is still worth saying.
-        if self.dropped_lines > 0 {
-            tracing::warn!(
-                event = "plugin_output_dropped",
-                lines = self.dropped_lines,
-                bytes = self.dropped_bytes,
-                "plugin output over its rate limit was dropped"
-            );
-        }
+        self.report();
     }
 }
 
