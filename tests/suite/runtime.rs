@@ -34,9 +34,20 @@ fn always() -> Arc<dyn Permit> {
 /// a hook starts, then at every epoch tick while wasm runs and at every
 /// watchdog tick while the guest waits in a host call.
 fn counting() -> (Arc<dyn Permit>, Arc<AtomicUsize>) {
-    let checks = Arc::new(AtomicUsize::new(0));
-    let seen = checks.clone();
-    (Arc::new(move || seen.fetch_add(1, Ordering::SeqCst) < usize::MAX), checks)
+    let (permit, checks, _lease) = leased();
+    (permit, checks)
+}
+
+/// Like [`counting`], but the permit holds only while the returned lease
+/// flag is set: clearing it is leadership lapsing.
+fn leased() -> (Arc<dyn Permit>, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let (checks, lease) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(true)));
+    let (seen, held) = (checks.clone(), lease.clone());
+    let permit: Arc<dyn Permit> = Arc::new(move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+        held.load(Ordering::SeqCst)
+    });
+    (permit, checks, lease)
 }
 
 /// Waits (at most a minute) until the permit was asked `n` times.
@@ -264,17 +275,11 @@ async fn a_hook_stops_when_its_permit_is_withdrawn() {
     let runtime = runtime_with(|c| c.hook_timeout = Duration::from_secs(120));
     let spin = runtime.load(&plugin("spin")).unwrap();
     let mut instance = runtime.instantiate(&spin, Some(1), None).await.unwrap();
-    let lease = Arc::new(AtomicBool::new(true));
-    let held = lease.clone();
-    let permit: Arc<dyn Permit> = Arc::new(move || held.load(Ordering::SeqCst));
+    let (permit, checks, lease) = leased();
     instance.on_elected(&facts(1), permit.clone()).await.unwrap();
-    let checks = Arc::new(AtomicUsize::new(0));
-    let seen = checks.clone();
-    let counted: Arc<dyn Permit> = Arc::new(move || {
-        seen.fetch_add(1, Ordering::SeqCst);
-        permit.holds()
-    });
-    let running = tokio::spawn(async move { instance.tick(&facts(1), counted).await });
+    // Count only the tick's checks: it must be running when the lease goes.
+    checks.store(0, Ordering::SeqCst);
+    let running = tokio::spawn(async move { instance.tick(&facts(1), permit).await });
     wait_until_checked(&checks, 3).await;
     lease.store(false, Ordering::SeqCst);
     let failure = running.await.unwrap().unwrap_err();
@@ -487,14 +492,7 @@ async fn an_interrupt_or_a_lapsed_permit_stops_a_hook_blocked_in_a_host_call() {
         assert_eq!(failure, HookFailure::Interrupted { hook: Hook::Tick }, "{how}");
 
         let mut instance = runtime.instantiate(&sleeper, Some(1), None).await.unwrap();
-        let lease = Arc::new(AtomicBool::new(true));
-        let held = lease.clone();
-        let checks = Arc::new(AtomicUsize::new(0));
-        let seen = checks.clone();
-        let permit: Arc<dyn Permit> = Arc::new(move || {
-            seen.fetch_add(1, Ordering::SeqCst);
-            held.load(Ordering::SeqCst)
-        });
+        let (permit, checks, lease) = leased();
         let running = tokio::spawn(async move { instance.tick(&facts(1), permit).await });
         wait_until_checked(&checks, 20).await;
         lease.store(false, Ordering::SeqCst);
