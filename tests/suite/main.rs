@@ -5,6 +5,7 @@ mod bench;
 mod chaos;
 mod cli;
 mod containment;
+mod egress;
 mod election;
 mod guests;
 mod runtime;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::election::{Election, ElectionConfig, Participant};
 use crate::plugin::{CompileLimits, Compiler, Runtime, RuntimeConfig};
@@ -156,6 +156,7 @@ async fn serve(settings: RunSettings) -> u8 {
         memory_limit: settings.memory_limit,
         hook_timeout: settings.hook_timeout,
         grants: settings.grants.clone(),
+        http: settings.http_limits,
         config: settings.plugin_config.clone(),
         participant: settings.id.clone(),
         compile: CompileLimits {
@@ -200,8 +201,16 @@ async fn serve(settings: RunSettings) -> u8 {
         cached = plugin.from_cache(),
         sha256 = plugin.sha256(),
         version = env!("CARGO_PKG_VERSION"),
+        allow_http = %settings.grants.http.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "zkrun starting"
     );
+    if plugin.interface().sends_http() && settings.grants.http.is_empty() {
+        warn!(
+            event = "http_not_granted",
+            plugin = %settings.plugin.display(),
+            "the plugin imports wasi:http/outgoing-handler, but no --allow-http is given: every request it sends will be refused"
+        );
+    }
 
     let (election, events) = Election::start(ElectionConfig {
         connect: settings.zk.clone(),
@@ -358,6 +367,11 @@ fn check(args: CheckArgs) -> u8 {
     println!("imports:");
     for import in &plugin.interface().imports {
         println!("  {import}");
+    }
+    if plugin.interface().sends_http() {
+        println!(
+            "needs grant: outgoing HTTP (wasi:http/outgoing-handler); leader hooks reach only URLs under --allow-http PREFIX, none by default"
+        );
     }
     exit::OK
 }
