@@ -22,6 +22,7 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -294,11 +295,13 @@ impl WasiHttpHooks for Egress {
         Box::new(async move {
             let (fence, slot, limit) = admitted?;
             let deadline = tokio::time::Instant::now() + limit;
+            let answered = Arc::new(AtomicBool::new(false));
             let flight = InFlight {
                 fence: fence.clone(),
                 log,
                 url: request.uri().to_string(),
                 _slot: slot,
+                answered: answered.clone(),
                 over: false,
             };
             let exchange = tokio::select! {
@@ -315,7 +318,7 @@ impl WasiHttpHooks for Egress {
                 }
             };
             let response = response.map(|incoming| {
-                FencedBody { inner: incoming, fence: fence.clone(), read: 0, max: max_response }
+                FencedBody { inner: incoming, fence: fence.clone(), read: 0, max: max_response, answered }
                     .boxed_unsync()
             });
             // The connection (and the response body with it) lives until the
@@ -344,6 +347,9 @@ struct InFlight {
     url: String,
     /// Its place under the in-flight cap, given back on drop.
     _slot: OwnedSemaphorePermit,
+    /// Set once the guest has read the whole response: closing the idle
+    /// connection after that cuts nothing off.
+    answered: Arc<AtomicBool>,
     over: bool,
 }
 
@@ -365,7 +371,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.over {
+        if self.over || self.answered.load(Ordering::Acquire) {
             return;
         }
         let why = match self.fence.check() {
@@ -564,6 +570,7 @@ struct FencedBody {
     fence: Fence,
     read: u64,
     max: u64,
+    answered: Arc<AtomicBool>,
 }
 
 impl Body for FencedBody {
@@ -578,6 +585,9 @@ impl Body for FencedBody {
             return Poll::Ready(Some(Err(cut_off(&stop))));
         }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.answered.store(true, Ordering::Release);
+        }
         Poll::Ready(frame.map(|frame| {
             let frame = frame.map_err(Error::from)?;
             if let Some(data) = frame.data_ref() {
