@@ -8,4 +8,5 @@ mod containment;
 mod election;
 mod guests;
 mod runtime;
+mod security;
 mod state;

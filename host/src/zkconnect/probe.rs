@@ -85,10 +85,11 @@ pub(super) fn diagnose(tls: &ZkTls, servers: &[(String, u16)]) -> Option<String>
 }
 
 fn handshake(config: &Arc<ClientConfig>, host: &str, port: u16) -> Outcome {
-    let Some(addr) = (host, port).to_socket_addrs().ok().and_then(|mut a| a.next()) else {
-        return Outcome::Unreachable;
-    };
-    let Ok(mut tcp) = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
+    // Every address of the name (localhost may be ::1 first), as the
+    // client library does.
+    let addrs = (host, port).to_socket_addrs().map(Vec::from_iter).unwrap_or_default();
+    let Some(mut tcp) = addrs.iter().find_map(|addr| TcpStream::connect_timeout(addr, PROBE_TIMEOUT).ok())
+    else {
         return Outcome::Unreachable;
     };
     let _ = tcp.set_read_timeout(Some(PROBE_TIMEOUT));
