@@ -115,3 +115,50 @@ impl SecurityArgs {
         ZkAccess::new(auth, tls, &acl)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct File {
+        zk: ZkSection,
+    }
+
+    fn section(text: &str) -> Result<ZkSection, String> {
+        toml::from_str::<File>(text).map(|f| f.zk).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_zk_table_merges_with_the_flags() {
+        assert_eq!(section("zk = \"a:1\"").unwrap().servers.as_deref(), Some("a:1"));
+
+        let dir = std::env::temp_dir().join(format!("zkrun-security-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("auth"), "digest:u:secret-pw\n").unwrap();
+        let file =
+            section("[zk]\nservers = \"a:1\"\nauth-file = \"auth\"\nacl = [\"creator:all\"]\n").unwrap();
+        assert_eq!(file.servers.as_deref(), Some("a:1"));
+        let access = SecurityArgs::default().resolve(file, &dir).unwrap();
+        assert_eq!(access.describe(), "auth digest:u, tls off");
+        assert_eq!(access.acl.entries().len(), 1);
+        assert!(!format!("{access:?}").contains("secret-pw"));
+
+        // A flag wins over the file.
+        let file = section("[zk]\nauth-file = \"auth\"\n").unwrap();
+        let flags = SecurityArgs { zk_auth: Some(Secret::new("digest:flag:pw")), ..SecurityArgs::default() };
+        assert_eq!(flags.resolve(file, &dir).unwrap().describe(), "auth digest:flag, tls off");
+
+        // Typos and half a TLS setup are reported.
+        let e = section("[zk]\nserver = \"a:1\"\n").unwrap_err();
+        assert!(e.contains("server"), "{e}");
+        let file = section("[zk.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        let e = SecurityArgs::default().resolve(file, &dir).unwrap_err();
+        assert!(e.contains("--zk-tls-ca"), "{e}");
+        let e = SecurityArgs { zk_tls_ca: Some(dir.join("auth")), ..SecurityArgs::default() }
+            .resolve(ZkSection::default(), &dir)
+            .unwrap_err();
+        assert!(e.starts_with("bad --zk-tls-ca") && !e.contains("secret-pw"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
