@@ -9,6 +9,7 @@
 //! - [`supervisor`]: the one place where leadership drives the job.
 //! - [`cli`], [`status`], [`logging`]: the `zkrun` command.
 //! - [`zkpath`]: connect strings and node paths, checked up front.
+//! - [`zkconnect`]: credentials, TLS and the ACL of every node zkrun creates.
 //! - [`clock`]: the machine's monotonic clock as a number.
 
 pub mod cli;
@@ -19,4 +20,5 @@ pub mod plugin;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod zkconnect;
 pub mod zkpath;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use zookeeper_client as zk;
 
 use crate::election::node::{self, Participant};
+use crate::zkconnect::ZkAccess;
 use crate::zkpath::ConnectString;
 
 /// One participant of an election, as ZooKeeper holds it.
@@ -73,16 +74,25 @@ pub enum StatusError {
 /// Connects once (no retries beyond `timeout`) and reads the election.
 pub async fn read(
     connect: &ConnectString,
+    access: &ZkAccess,
     election: &str,
     timeout: Duration,
 ) -> Result<ElectionStatus, StatusError> {
     let unreachable = |error: String| StatusError::Unreachable { zk: connect.to_string(), error };
     let servers = connect.servers_string();
-    let attempt = zk::Client::connector().with_session_timeout(timeout).with_fail_eagerly().connect(&servers);
-    let client = tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| unreachable(format!("no answer within {}", humantime::format_duration(timeout))))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let connector = zk::Client::connector().with_session_timeout(timeout).with_fail_eagerly();
+    let attempt = tokio::time::timeout(timeout, access.connect(connector, &servers)).await;
+    let failure = match attempt {
+        Ok(Ok(client)) => Ok(client),
+        Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
+        Ok(Err(e)) => Err(e.to_string()),
+    };
+    let client = match failure {
+        Ok(client) => client,
+        // A TLS failure looks like an unreachable ensemble to the client
+        // library: say which it is.
+        Err(error) => return Err(unreachable(access.diagnose(connect).await.unwrap_or(error))),
+    };
     let client = match &connect.chroot {
         None => client,
         Some(chroot) => client.chroot(chroot.as_str()).map_err(|_| unreachable("bad chroot".into()))?,

@@ -19,6 +19,7 @@ pub mod peer;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod tls;
 
 pub use ensemble::{Ensemble, EnsembleOptions};
 pub use events::{Event, EventLog};

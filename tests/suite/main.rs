@@ -9,4 +9,5 @@ mod egress;
 mod election;
 mod guests;
 mod runtime;
+mod security;
 mod state;

@@ -1,5 +1,6 @@
 //! The `zkrun` command line: `run` (the default), `status` and `check`.
 
+pub mod security;
 pub mod settings;
 
 use std::path::PathBuf;
@@ -94,6 +95,8 @@ struct StatusArgs {
     /// How long to try to reach the ensemble
     #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration, default_value = "10s")]
     timeout: Duration,
+    #[command(flatten)]
+    security: security::SecurityArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +196,7 @@ async fn serve(settings: RunSettings) -> u8 {
         event = "starting",
         id = settings.id,
         zk = %settings.zk,
+        zk_access = %settings.zk_access.describe(),
         election = settings.election,
         plugin = %settings.plugin.display(),
         tick_ms = settings.tick.as_millis() as u64,
@@ -217,6 +221,7 @@ async fn serve(settings: RunSettings) -> u8 {
         path: settings.election.clone(),
         participant: Participant::this_process(settings.id.clone()),
         session_timeout: settings.session_timeout,
+        access: settings.zk_access.clone(),
     });
     let signals = match forward_signals() {
         Ok(signals) => signals,
@@ -289,7 +294,11 @@ fn status_command(args: StatusArgs) -> u8 {
     if let Err(e) = zkpath::check_election_path(&election) {
         return usage(e);
     }
-    let result = tokio_runtime().block_on(status::read(&connect, &election, args.timeout));
+    let access = match args.security.resolve(Default::default(), std::path::Path::new(".")) {
+        Ok(access) => access,
+        Err(e) => return usage(e),
+    };
+    let result = tokio_runtime().block_on(status::read(&connect, &access, &election, args.timeout));
     match result {
         Ok(found) => {
             if args.json {

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::security::{SecurityArgs, ZkSection};
 use crate::logging::LogFormat;
 use crate::plugin::{
     DEFAULT_COMPILE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE, DEFAULT_MEMORY_LIMIT,
     DirGrant, Grants, HttpLimits, HttpPrefix,
 };
 use crate::state::StateQuota;
+use crate::zkconnect::ZkAccess;
 use crate::zkpath::{self, ConnectString};
 
 /// The default election path.
@@ -32,6 +34,8 @@ pub struct RunSettings {
     pub plugin: PathBuf,
     /// The ensemble.
     pub zk: ConnectString,
+    /// Credentials, TLS and the ACL of the nodes we create.
+    pub zk_access: ZkAccess,
     /// The election path.
     pub election: String,
     /// This participant's id.
@@ -152,13 +156,16 @@ pub struct RunArgs {
     /// Exit (code 4) if no ZooKeeper session is established this long after start [default: keep retrying]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// The configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
-    zk: Option<String>,
+    #[serde(default)]
+    zk: ZkSection,
     election: Option<String>,
     id: Option<String>,
     tick: Option<String>,
@@ -249,10 +256,11 @@ impl RunArgs {
         };
         let zk_text = self
             .zk
-            .or(file.zk)
+            .or(file.zk.servers.clone())
             .or_else(|| std::env::var("ZOOKEEPER_SERVERS").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_ZK.to_string());
         let zk = ConnectString::parse(&zk_text).map_err(|e| e.to_string())?;
+        let zk_access = self.security.resolve(file.zk, &base)?;
         let election = self.election.or(file.election).unwrap_or_else(|| DEFAULT_ELECTION.to_string());
         zkpath::check_election_path(&election).map_err(|e| e.to_string())?;
         let id = self
@@ -398,6 +406,7 @@ impl RunArgs {
         Ok(RunSettings {
             plugin,
             zk,
+            zk_access,
             election,
             id,
             tick,

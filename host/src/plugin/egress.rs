@@ -477,10 +477,10 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     CONFIG
         .get_or_init(|| {
             let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
+                .expect("aws-lc-rs supports the default TLS versions")
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             Arc::new(config)
