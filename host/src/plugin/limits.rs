@@ -320,26 +320,49 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 /// sleeps otherwise, so an idle zkrun costs no CPU. Clones share the thread.
 #[derive(Clone)]
 pub struct EpochTicker {
-    running: Arc<(Mutex<usize>, Condvar)>,
+    running: Arc<(Mutex<Ticking>, Condvar)>,
 }
+
+/// The ticker's state, under its mutex.
+#[derive(Default)]
+struct Ticking {
+    /// Hooks running now.
+    hooks: usize,
+    /// Whether the ticker thread waits on the condvar (and so needs a wake).
+    parked: bool,
+}
+
+/// How many idle epoch ticks the ticker runs on after the last hook ends
+/// before it parks. Waking a parked thread costs a system call and a
+/// context switch, more than the rest of a hook call together: hooks that
+/// follow each other closely (a fast tick, on-demoted after a tick) find it
+/// still running.
+const LINGER_TICKS: u32 = 50;
 
 impl EpochTicker {
     /// Starts the ticker thread for `engine`.
     pub fn start(engine: wasmtime::Engine) -> EpochTicker {
-        let running = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let running = Arc::new((Mutex::new(Ticking::default()), Condvar::new()));
         let shared = running.clone();
         // A plain OS thread, not a tokio task: it must tick even when every
         // runtime worker is busy running wasm.
         std::thread::Builder::new()
             .name("zkrun-epoch".into())
             .spawn(move || {
-                let (count, wake) = &*shared;
+                let (state, wake) = &*shared;
+                let mut idle = 0u32;
                 loop {
-                    let mut hooks = count.lock().unwrap();
-                    while *hooks == 0 {
-                        hooks = wake.wait(hooks).unwrap();
+                    let mut ticking = state.lock().unwrap();
+                    idle = if ticking.hooks == 0 { idle + 1 } else { 0 };
+                    if idle > LINGER_TICKS {
+                        ticking.parked = true;
+                        while ticking.hooks == 0 {
+                            ticking = wake.wait(ticking).unwrap();
+                        }
+                        ticking.parked = false;
+                        idle = 0;
                     }
-                    drop(hooks);
+                    drop(ticking);
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
@@ -350,21 +373,24 @@ impl EpochTicker {
 
     /// Keeps the ticker running until the returned guard is dropped.
     pub fn hold(&self) -> TickerGuard {
-        let (count, wake) = &*self.running;
-        *count.lock().unwrap() += 1;
-        wake.notify_one();
+        let (state, wake) = &*self.running;
+        let mut ticking = state.lock().unwrap();
+        ticking.hooks += 1;
+        if ticking.parked {
+            wake.notify_one();
+        }
         TickerGuard { running: self.running.clone() }
     }
 }
 
 /// Keeps the epoch ticking while a hook runs.
 pub struct TickerGuard {
-    running: Arc<(Mutex<usize>, Condvar)>,
+    running: Arc<(Mutex<Ticking>, Condvar)>,
 }
 
 impl Drop for TickerGuard {
     fn drop(&mut self) {
-        *self.running.0.lock().unwrap() -= 1;
+        self.running.0.lock().unwrap().hooks -= 1;
     }
 }
 
