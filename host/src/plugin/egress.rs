@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -192,13 +192,18 @@ pub struct Egress {
     in_flight: Arc<Semaphore>,
     log: LogContext,
     stamp: Option<Stamp>,
+    last_refusal_logged: Option<Instant>,
+    refusals_unlogged: u64,
 }
+
+/// At most one `http_refused` line per instance this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Egress {
     /// Egress for one instance, bounded by its gate.
     pub fn new(policy: Arc<HttpPolicy>, gate: Arc<Gate>, log: LogContext) -> Egress {
         let in_flight = Arc::new(Semaphore::new(policy.limits.max_in_flight));
-        Egress { policy, gate, in_flight, log, stamp: None }
+        Egress { policy, gate, in_flight, log, stamp: None, last_refusal_logged: None, refusals_unlogged: 0 }
     }
 
     /// Sets the stamps for the leader hook about to run, or clears them for
@@ -210,46 +215,60 @@ impl Egress {
     /// Everything checked before a request may start: the permit, the grant,
     /// the in-flight cap. `Err` is what the guest sees, already logged.
     fn admit(
-        &self,
+        &mut self,
         request: &mut http::Request<WasiBody>,
     ) -> Result<(Fence, OwnedSemaphorePermit, Duration), Error> {
         let url = request.uri().to_string();
-        let Some(stamp) = &self.stamp else {
-            return Err(self.refuse(&url, "only on-elected and tick may send requests"));
+        let Some(stamp) = self.stamp.clone() else {
+            return Err(self.refuse(
+                &url,
+                "only on-elected and tick may send requests",
+                Error::HttpRequestDenied,
+            ));
         };
         let hook = self.gate.hook();
         let fence = match hook {
             Some(hook) if self.gate.leads() && self.gate.check_hook(hook).is_ok() => {
                 Fence { gate: self.gate.clone(), hook }
             }
-            _ => return Err(self.refuse(&url, "leadership can no longer be confirmed")),
+            _ => {
+                return Err(self.refuse(
+                    &url,
+                    "leadership can no longer be confirmed",
+                    Error::HttpRequestDenied,
+                ));
+            }
         };
         if self.policy.allow.is_empty() {
-            return Err(self.refuse(&url, "no destination is allowed (see --allow-http)"));
+            return Err(self.refuse(
+                &url,
+                "no destination is allowed (see --allow-http)",
+                Error::HttpRequestDenied,
+            ));
         }
         if has_dot_segments(request.uri().path()) {
-            return Err(self.refuse(&url, "the path has . or .. segments or encoded separators"));
+            return Err(self.refuse(
+                &url,
+                "the path has . or .. segments or encoded separators",
+                Error::HttpRequestDenied,
+            ));
         }
         if !self.policy.allow.iter().any(|prefix| prefix.covers(request.uri())) {
-            return Err(self.refuse(&url, "the URL is not under any --allow-http prefix"));
+            return Err(self.refuse(
+                &url,
+                "the URL is not under any --allow-http prefix",
+                Error::HttpRequestDenied,
+            ));
         }
         let Ok(slot) = self.in_flight.clone().try_acquire_owned() else {
             let why = format!("{} requests are in flight already", self.policy.limits.max_in_flight);
-            tracing::warn!(
-                event = "http_refused",
-                plugin = &*self.log.plugin,
-                id = &*self.log.participant,
-                term = self.log.term,
-                url,
-                "an HTTP request was refused: {why}"
-            );
-            return Err(Error::ConnectionLimitReached);
+            return Err(self.refuse(&url, &why, Error::ConnectionLimitReached));
         };
         let headers = request.headers_mut();
         for (name, value) in [
             (TERM_HEADER, stamp.term.to_string()),
-            (ELECTION_HEADER, stamp.election.clone()),
-            (PARTICIPANT_HEADER, stamp.participant.clone()),
+            (ELECTION_HEADER, stamp.election),
+            (PARTICIPANT_HEADER, stamp.participant),
         ] {
             // `insert` replaces every value the guest may have set.
             let value = HeaderValue::from_str(&value)
@@ -260,16 +279,27 @@ impl Egress {
         Ok((fence, slot, limit))
     }
 
-    fn refuse(&self, url: &str, why: &str) -> Error {
+    /// Logs a refusal (at most one line a second per instance, counting
+    /// the rest: a plugin looping on refused requests cannot flood the log)
+    /// and returns what the guest sees.
+    fn refuse(&mut self, url: &str, why: &str, error: Error) -> Error {
+        let now = Instant::now();
+        if self.last_refusal_logged.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
+            self.refusals_unlogged += 1;
+            return error;
+        }
+        self.last_refusal_logged = Some(now);
+        let also = std::mem::take(&mut self.refusals_unlogged);
         tracing::warn!(
             event = "http_refused",
             plugin = &*self.log.plugin,
             id = &*self.log.participant,
             term = self.log.term,
             url,
+            also_refused = also,
             "an HTTP request was refused: {why}"
         );
-        Error::HttpRequestDenied
+        error
     }
 }
 
