@@ -502,7 +502,7 @@ impl Machine {
     /// successor waits on one write.
     async fn delete_own(&mut self, session: &mut Session, node: &OwnNode, leading: bool) -> Result<(), Exit> {
         let started = Instant::now();
-        let give_up = started + session.timing.deadline;
+        let give_up = started + session.timing.session_deadline();
         let mut with_lease = leading;
         loop {
             let deleted = if with_lease {

@@ -75,6 +75,15 @@ impl Timing {
         Timing { session_timeout, period, refresh: period / 6, lease: period / 2, deadline: period * 2 / 3 }
     }
 
+    /// How long after its last contact a session may be relied on to be
+    /// alive, for retrying a delete across a lost connection: the deadline
+    /// the session timeout alone would give, whatever the lease. (A short
+    /// lease bounds leadership, not the session of a participant that has
+    /// stopped leading.)
+    pub fn session_deadline(&self) -> Duration {
+        self.session_timeout * 2 / 3
+    }
+
     /// Whether the lease period asked for did not fit the session timeout
     /// and was cut to it.
     pub fn cut(&self, asked: Option<Duration>) -> bool {
@@ -171,6 +180,7 @@ mod tests {
         assert_eq!(timing.refresh, Duration::from_millis(200));
         assert_eq!(timing.lease, Duration::from_millis(600));
         assert_eq!(timing.deadline, Duration::from_millis(800));
+        assert_eq!(timing.session_deadline(), Timing::new(t).deadline);
         assert!(!timing.cut(Some(Duration::from_millis(1200))));
         for ms in [MIN_LEASE.as_millis() as u64, 1000, 3000, 9999] {
             let t = Timing::with_lease(Duration::from_secs(10), Some(Duration::from_millis(ms)));
