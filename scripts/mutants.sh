@@ -84,8 +84,8 @@ mutant_fence_on_election_path() {
 }
 mutant_late_demotion() {
     edit host/src/election/timing.rs \
-        'deadline: session_timeout * 2 / 3,' \
-        'deadline: session_timeout * 11 / 10,'
+        'deadline: period * 2 / 3 }' \
+        'deadline: period * 11 / 10 }'
 }
 mutant_early_takeover() {
     edit host/src/election/machine/follow.rs \

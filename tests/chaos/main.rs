@@ -30,6 +30,9 @@ struct Options {
     /// Session timeout of the participants
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     session_timeout: Duration,
+    /// Lease period of the participants (`zkrun --lease`), shorter than the session timeout [default: none, derived from the session timeout]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
     /// Only these kinds of fault, e.g. DeleteNode,PauseMidWrite [default: all]
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     faults: Vec<chaos::FaultKind>,
@@ -64,11 +67,15 @@ fn main() -> ExitCode {
         return if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let seed = options.seed.unwrap_or_else(rand::random);
-    eprintln!("zkrun-chaos: seed {seed}, {:?} of faults", options.duration);
+    eprintln!(
+        "zkrun-chaos: seed {seed}, {:?} of faults, session timeout {:?}, lease {:?}",
+        options.duration, options.session_timeout, options.lease
+    );
     let mut config = ChaosConfig::new(seed, options.duration);
     config.servers = options.servers;
     config.participants = options.participants;
     config.session_timeout = options.session_timeout;
+    config.lease = options.lease;
     if !options.faults.is_empty() {
         config.kinds = options.faults;
     }

@@ -37,6 +37,9 @@ pub struct ChaosConfig {
     pub participants: usize,
     /// Session timeout the participants ask for.
     pub session_timeout: Duration,
+    /// Lease period the participants ask for (`--lease`); `None`: derived
+    /// from the session timeout.
+    pub lease: Option<Duration>,
     /// Tick interval of the participants.
     pub tick: Duration,
     /// The kinds of fault to draw from (all of them by default).
@@ -57,6 +60,7 @@ impl ChaosConfig {
             servers: 3,
             participants: 5,
             session_timeout: Duration::from_secs(2),
+            lease: None,
             tick: Duration::from_millis(100),
             kinds: FaultKind::ALL.to_vec(),
             verbose: false,
@@ -260,7 +264,7 @@ impl World {
         let id = format!("{}#{}", slot.id, slot.past.len());
         let journal = self.journals.path().join(&id);
         std::fs::create_dir_all(&journal).expect("journal dir");
-        let args: Vec<std::ffi::OsString> = vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--plugin".into(),
             paths::plugin("witness").into(),
             "--zk".into(),
@@ -283,6 +287,9 @@ impl World {
             "--grant-dir".into(),
             format!("{}:/journal", journal.display()).into(),
         ];
+        if let Some(lease) = self.config.lease {
+            args.extend(["--lease".into(), format!("{}ms", lease.as_millis()).into()]);
+        }
         let env = [(zkrun::state::zookeeper::WRITE_DELAY_FAILPOINT, WRITE_DELAY)];
         let process = Process::zkrun_with_env(&slot.id, &args, &env);
         slot.current = Some(Incarnation { id, process, journal });
@@ -603,6 +610,7 @@ pub fn run(config: ChaosConfig) -> Report {
         faults: world.spans.clone(),
         counter: Some(stored_counter(&world.ensemble)),
         session_timeout: config.session_timeout,
+        lease: config.lease,
     };
     if let Some(path) = &config.save {
         save(path, &history);
@@ -636,12 +644,16 @@ fn tally_http(receiver: &Receiver, history: &History, report: &mut Report) {
     report.http = Some(tally);
 }
 
-/// Writes `history` as JSON lines: the session timeout, each fault as
-/// applied, then `{"id": .., "line": ..}` for every log and journal line.
+/// Writes `history` as JSON lines: the session timeout (and lease), each
+/// fault as applied, then `{"id": .., "line": ..}` for every log and
+/// journal line.
 fn save(path: &std::path::Path, history: &History) {
     use std::fmt::Write as _;
     let mut text = String::new();
-    let timeout = serde_json::json!({ "session_timeout_ms": history.session_timeout.as_millis() as u64 });
+    let timeout = serde_json::json!({
+        "session_timeout_ms": history.session_timeout.as_millis() as u64,
+        "lease_ms": history.lease.map(|lease| lease.as_millis() as u64),
+    });
     let _ = writeln!(text, "{timeout}");
     for f in &history.faults {
         let fault = serde_json::json!({
@@ -670,6 +682,7 @@ pub fn load(path: &std::path::Path) -> std::io::Result<History> {
         let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         if let Some(ms) = json["session_timeout_ms"].as_u64() {
             history.session_timeout = Duration::from_millis(ms);
+            history.lease = json["lease_ms"].as_u64().map(Duration::from_millis);
         } else if let Some(kind) = json["fault"].as_str() {
             let Some(kind) = FaultKind::ALL.into_iter().find(|k| format!("{k:?}") == kind) else { continue };
             history.faults.push(FaultSpan {

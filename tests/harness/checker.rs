@@ -27,7 +27,8 @@
 //!    its last logged deadline (`deadline_ns`), unless it demoted or shut
 //!    down first;
 //! 8. a leader cut off from the ensemble (by the harness) demotes itself
-//!    within its deadline counted from the cut, 2T/3, plus T/6 of slack;
+//!    within its deadline counted from the cut, 2L/3, plus L/6 of slack
+//!    (`L` the lease period: `--lease`, or the session timeout `T`);
 //! 9. blind puts (no compare-and-set, only the fence) land in term order:
 //!    in ZooKeeper version order their terms never go back (puts are known
 //!    from their writers' records and from every participant's reads).
@@ -60,6 +61,8 @@ pub struct History {
     pub counter: Option<Result<(u64, i32), String>>,
     /// The session timeout the participants asked for.
     pub session_timeout: Duration,
+    /// The lease period they asked for (`--lease`), if any.
+    pub lease: Option<Duration>,
 }
 
 /// One fault as applied.
@@ -286,7 +289,8 @@ pub fn check(history: &History, report: &mut Report) {
     check_ticks_inside_windows(&ticks, &windows, report);
     check_leader_lines_inside_windows(events, &windows, report);
     check_elected_after_deadlines(events, report);
-    check_cut_off_leaders_demote(events, &history.faults, history.session_timeout, report);
+    let period = history.lease.map_or(history.session_timeout, |lease| lease.min(history.session_timeout));
+    check_cut_off_leaders_demote(events, &history.faults, period, report);
     check_blind_puts(events, report);
     report.longest_gap = longest_gap(&ticks, &history.faults);
 }
@@ -515,15 +519,17 @@ fn check_elected_after_deadlines(events: &[(String, Event)], report: &mut Report
     }
 }
 
-/// Property 8: a leader cut off from the ensemble demotes in time.
+/// Property 8: a leader cut off from the ensemble demotes in time: within
+/// its deadline (2/3 of the lease period `period`, the session timeout
+/// without `--lease`) plus a sixth of it.
 fn check_cut_off_leaders_demote(
     events: &[(String, Event)],
     faults: &[FaultSpan],
-    session_timeout: Duration,
+    period: Duration,
     report: &mut Report,
 ) {
     let logs = by_participant(events);
-    let bound = (session_timeout * 2 / 3 + session_timeout / 6).as_nanos() as u64;
+    let bound = (period * 2 / 3 + period / 6).as_nanos() as u64;
     for fault in faults {
         let cut = matches!(
             fault.kind,

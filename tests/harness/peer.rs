@@ -20,11 +20,23 @@ pub struct Peer {
 impl Peer {
     /// Joins `path` on the ensemble at `connect` with the given session timeout.
     pub fn join(connect: &str, path: &str, id: &str, session_timeout: Duration) -> Peer {
+        Peer::join_with_lease(connect, path, id, session_timeout, None)
+    }
+
+    /// [`Peer::join`], asking for the lease period `lease` (`--lease`).
+    pub fn join_with_lease(
+        connect: &str,
+        path: &str,
+        id: &str,
+        session_timeout: Duration,
+        lease: Option<Duration>,
+    ) -> Peer {
         let config = ElectionConfig {
             connect: ConnectString::parse(connect).expect("connect string"),
             path: path.to_string(),
             participant: Participant::this_process(id),
             session_timeout,
+            lease,
             access: Default::default(),
         };
         let (election, events) = Election::start(config);

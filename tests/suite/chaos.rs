@@ -160,9 +160,18 @@ fn clean_leadership() -> Vec<(String, zkrun_tests::Event)> {
 }
 
 fn violations(events: Vec<(String, zkrun_tests::Event)>, faults: Vec<chaos::FaultSpan>) -> Vec<String> {
+    lease_violations(events, faults, None)
+}
+
+/// [`violations`], for participants that asked for a lease period `lease`.
+fn lease_violations(
+    events: Vec<(String, zkrun_tests::Event)>,
+    faults: Vec<chaos::FaultSpan>,
+    lease: Option<Duration>,
+) -> Vec<String> {
     let mut report = chaos::Report::default();
     let history =
-        chaos::History { events, faults, counter: None, session_timeout: std::time::Duration::from_secs(2) };
+        chaos::History { events, faults, counter: None, session_timeout: Duration::from_secs(2), lease };
     chaos::check(&history, &mut report);
     report.violations
 }
@@ -207,7 +216,18 @@ fn the_checker_catches_leadership_timing_and_fencing_bugs() {
     let mut in_time = late;
     in_time.retain(|(id, e)| !(id == "w0" && e.kind() == "demoted"));
     in_time.push(host("w0", "demoted", 10, 1190 + 1333));
-    let found = violations(in_time, vec![cut]);
+    let found = violations(in_time.clone(), vec![cut.clone()]);
+    assert!(!found.iter().any(|v| v.starts_with("late demotion")), "{found:?}");
+    // With a 1 s lease the deadline is 2/3 s after the last proof: the
+    // same demotion, 1.32 s after the cut, is late (the bound is 5/6 s);
+    // at the lease's own deadline it is in time.
+    let found = lease_violations(in_time, vec![cut.clone()], Some(Duration::from_secs(1)));
+    assert!(found.iter().any(|v| v.starts_with("late demotion")), "{found:?}");
+    let mut short = vec![lease("w0", 10, 1000, 1000), host("w0", "elected", 10, 1000)];
+    short.push(lease("w0", 10, 1190, 1000));
+    short.push(host("w0", "suspended", 10, 1690));
+    short.push(host("w0", "demoted", 10, 1190 + 667));
+    let found = lease_violations(short, vec![cut], Some(Duration::from_secs(1)));
     assert!(!found.iter().any(|v| v.starts_with("late demotion")), "{found:?}");
 
     // An early takeover: w0 froze after its grant at 1 s (logs nothing

@@ -17,11 +17,23 @@ fn args(ensemble: &Ensemble, election: &str, plugin: &Path, session: &str, extra
 }
 
 fn heartbeat_participants(ensemble: &Ensemble, election: &str, n: usize, session: &str) -> Vec<Process> {
+    heartbeat_participants_with(ensemble, election, n, session, &[])
+}
+
+/// [`heartbeat_participants`] with more flags.
+fn heartbeat_participants_with(
+    ensemble: &Ensemble,
+    election: &str,
+    n: usize,
+    session: &str,
+    more: &[&str],
+) -> Vec<Process> {
     let heartbeat = paths::plugin("heartbeat");
     (0..n)
         .map(|i| {
             // Lease grants (with their deadlines) are logged at debug level.
-            let extra = ["--log-level", "info,zkrun::election::machine=debug"];
+            let mut extra = vec!["--log-level", "info,zkrun::election::machine=debug"];
+            extra.extend_from_slice(more);
             let p = Process::zkrun(&format!("p{i}"), &args(ensemble, election, &heartbeat, session, &extra));
             // One after the other, so the line follows the index.
             p.wait_event("joined", SOON, |e| e.kind() == "joined");
@@ -117,6 +129,60 @@ fn leader_crash_waits_for_expiry_and_sigterm_hands_over_at_once() {
     // The second leader's ticks all came after the first one died.
     let first_tick = p[1].events().iter().find(|e| e.is_heartbeat_tick()).and_then(Event::mono_ns).unwrap();
     assert!(first_tick > killed);
+}
+
+/// Issue 16: with `--lease 1s` and a 10 s session, a SIGKILLed leader is
+/// taken over after the deadline it logged for itself (so it had stopped
+/// and demoted by its own rules first), and before its session could have
+/// expired (its last proof plus the session timeout): the handover follows
+/// the lease, not the session. Order only; the time it took is printed.
+#[test]
+fn a_short_lease_replaces_a_crashed_leader_before_its_session_could_expire() {
+    let ensemble = Ensemble::start();
+    let session = Duration::from_secs(10);
+    let mut p =
+        heartbeat_participants_with(&ensemble, "/zkrun/cli/short-lease", 2, "10s", &["--lease", "1s"]);
+    let t0 = p[0].wait_event("elected", SOON, is_elected).term().unwrap();
+    let established = p[0].wait_event("session", SOON, |e| e.kind() == "session");
+    assert_eq!(established.json["timeout_ms"], 10_000);
+    assert_eq!(established.json["lease_period_ms"], 1000);
+    let leading = p[0].wait_event("leading", SOON, |e| e.kind() == "leading");
+    assert_eq!(
+        (leading.json["lease_ms"].as_u64(), leading.json["deadline_ms"].as_u64()),
+        (Some(500), Some(666))
+    );
+    wait_ticks(&p[0], t0, 3);
+    // The next in line follows the leader's renewals by now.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(elected_terms(&p[1]).is_empty());
+
+    let killed = monotonic_ns();
+    p[0].kill();
+    let last = p[0].events().into_iter().rev().find(|e| e.kind() == "lease").expect("a lease logged");
+    let (proof, deadline) =
+        (last.json["proof_ns"].as_u64().unwrap(), last.json["deadline_ns"].as_u64().unwrap());
+    let second = p[1].wait_event("elected", SOON, is_elected);
+    let elected_at = second.mono_ns().unwrap();
+    eprintln!(
+        "crash handover: elected {:?} after the SIGKILL, {:?} after the dead leader's deadline",
+        Duration::from_nanos(elected_at.saturating_sub(killed)),
+        Duration::from_nanos(elected_at.saturating_sub(deadline))
+    );
+    assert!(
+        elected_at > deadline,
+        "elected {:?} before the dead leader's deadline",
+        Duration::from_nanos(deadline - elected_at)
+    );
+    let expiry = proof + session.as_nanos() as u64;
+    assert!(
+        elected_at < expiry,
+        "elected {:?} after the dead leader's session could expire: the handover waited for the session",
+        Duration::from_nanos(elected_at - expiry)
+    );
+    // By a takeover of the silent leader's node, not its session's expiry.
+    let took_over = p[1].events().iter().find(|e| e.kind() == "took_over").and_then(Event::mono_ns);
+    assert!(took_over.is_some_and(|at| at > deadline && at <= elected_at), "{}", p[1].dump());
+    assert!(second.term().unwrap() > t0);
 }
 
 #[test]

@@ -586,6 +586,45 @@ async fn a_renegotiated_session_timeout_shortens_the_lease() {
     assert!(!leader.events_seen().iter().any(|e| matches!(e, LeadershipEvent::Demoted { .. })));
 }
 
+/// Issue 16. A lease asked for (`--lease`) must stay shorter than the
+/// session timeout: renegotiated below it, the lease is cut to the session
+/// timeout (the timing it derives is the default one), and the leader
+/// leads on only after a renewal under that timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_longer_than_a_renegotiated_session_timeout_is_cut_to_it() {
+    use zkrun::clock::{Clock, SystemClock};
+    use zkrun::election::Timing;
+    let mut ensemble = Ensemble::start();
+    let path = "/zkrun/e/lease-cut";
+    let only_first = Proxy::start(&ensemble.client_addrs()[..1]);
+    let (long, asked) = (Duration::from_secs(20), Duration::from_secs(6));
+    let mut leader = Peer::join_with_lease(&only_first.connect_string(), path, "leader", long, Some(asked));
+    let term = leader.wait_elected(SOON).await;
+    let timing = leader.election.timing().unwrap();
+    assert_eq!((timing.session_timeout, timing.period), (long, asked));
+    assert_eq!(timing.lease, asked / 2);
+
+    let short = Duration::from_secs(4);
+    ensemble.restart_with_max_session_timeout(0, Some(short));
+    ensemble.wait_serving(Duration::from_secs(60));
+    zkrun_tests::wait_for_async("the timing to follow the renegotiated timeout", SOON, || {
+        let timing = leader.election.timing();
+        async move { (timing.map(|t| t.session_timeout) == Some(short)).then_some(()) }
+    })
+    .await;
+    assert_eq!(leader.election.timing(), Some(Timing::new(short)));
+    let lease = zkrun_tests::wait_for_async("leadership confirmed again", SOON, || {
+        let lease = leader.election.confirmed();
+        async move { lease }
+    })
+    .await;
+    assert_eq!(lease.term, term);
+    let left = lease.expires.remaining(SystemClock.now());
+    assert!(left <= short / 2, "a lease of {left:?} under a {short:?} session timeout");
+    leader.drain();
+    assert!(!leader.events_seen().iter().any(|e| matches!(e, LeadershipEvent::Demoted { .. })));
+}
+
 /// Issue 12, item 6. After a long outage of the whole ensemble, a
 /// disconnected participant must be trying again soon after quorum returns,
 /// not still backing off until it declares its own session expired (which

@@ -221,6 +221,7 @@ async fn serve(settings: RunSettings) -> u8 {
         path: settings.election.clone(),
         participant: Participant::this_process(settings.id.clone()),
         session_timeout: settings.session_timeout,
+        lease: settings.lease,
         access: settings.zk_access.clone(),
     });
     let signals = match forward_signals() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::security::{SecurityArgs, ZkSection};
+use crate::election::timing::MIN_LEASE;
 use crate::logging::LogFormat;
 use crate::plugin::{
     DEFAULT_COMPILE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE, DEFAULT_MEMORY_LIMIT,
@@ -44,6 +45,9 @@ pub struct RunSettings {
     pub tick: Duration,
     /// The session timeout to request.
     pub session_timeout: Duration,
+    /// The lease period leases and takeovers derive from; `None`: the
+    /// session timeout.
+    pub lease: Option<Duration>,
     /// Deadline of each hook.
     pub hook_timeout: Duration,
     /// Cap on plugin linear memory and tables, in bytes.
@@ -93,6 +97,9 @@ pub struct RunArgs {
     /// ZooKeeper session timeout to ask for (servers clamp it) [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub session_timeout: Option<Duration>,
+    /// Lease period, shorter than the session timeout: the leader renews every sixth of it and a crashed leader is replaced after about 0.7 of it, e.g. 1s [default: the session timeout]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
     /// Deadline of every hook call [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub hook_timeout: Option<Duration>,
@@ -170,6 +177,7 @@ struct FileConfig {
     id: Option<String>,
     tick: Option<String>,
     session_timeout: Option<String>,
+    lease: Option<String>,
     connect_timeout: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -281,6 +289,14 @@ impl RunArgs {
         let tick = duration(self.tick, file.tick, "tick", DEFAULT_TICK)?;
         let session_timeout =
             duration(self.session_timeout, file.session_timeout, "session-timeout", DEFAULT_SESSION_TIMEOUT)?;
+        let lease = match (self.lease, file.lease) {
+            (Some(d), _) => Some(d),
+            (None, Some(t)) => Some(parse_duration(&t).map_err(|e| format!("{}: {e}", in_file("lease")))?),
+            (None, None) => None,
+        };
+        if let Some(lease) = lease {
+            check_lease(lease, session_timeout)?;
+        }
         let hook_timeout = duration(
             self.hook_timeout,
             file.plugin.hook_timeout,
@@ -411,6 +427,7 @@ impl RunArgs {
             id,
             tick,
             session_timeout,
+            lease,
             hook_timeout,
             memory_limit,
             max_component_size,
@@ -441,6 +458,27 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
             None => format!("bad configuration {}: {message}", path.display()),
         }
     })
+}
+
+/// Checks a lease period against the session timeout asked for: shorter
+/// (expiry must still bound everything), and long enough to be renewed.
+fn check_lease(lease: Duration, session_timeout: Duration) -> Result<(), String> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if lease < MIN_LEASE {
+        return Err(format!(
+            "--lease {} is too short: at least {} (the leader renews it with a quorum write every sixth of it)",
+            show(lease),
+            show(MIN_LEASE)
+        ));
+    }
+    if lease >= session_timeout {
+        return Err(format!(
+            "--lease {} must be shorter than the session timeout ({}); leave it out to derive it from the session timeout",
+            show(lease),
+            show(session_timeout)
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `1s`, `250ms`, `2m 30s`; zero is refused.
@@ -565,6 +603,44 @@ mode = "file"
         assert_eq!(s.memory_limit, 32 << 20);
         assert_eq!(s.plugin_config["greeting"], "hi");
         assert_eq!(s.plugin_config["mode"], "flag");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lease_is_checked_against_the_session_timeout() {
+        let s = args().resolve().unwrap();
+        assert_eq!(s.lease, None);
+        let with = |lease: &str, session: Option<&str>| {
+            RunArgs {
+                lease: Some(parse_duration(lease).unwrap()),
+                session_timeout: session.map(|t| parse_duration(t).unwrap()),
+                ..args()
+            }
+            .resolve()
+        };
+        assert_eq!(with("1s", Some("10s")).unwrap().lease, Some(Duration::from_secs(1)));
+        assert_eq!(with("500ms", None).unwrap().lease, Some(Duration::from_millis(500)));
+        let e = with("10s", Some("10s")).unwrap_err();
+        assert!(e.contains("shorter than the session timeout (10s)") && !e.contains('\n'), "{e}");
+        let e = with("12s", None).unwrap_err();
+        assert!(e.contains("shorter than the session timeout"), "{e}");
+        let e = with("200ms", Some("10s")).unwrap_err();
+        assert!(e.contains("too short: at least 500ms"), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("zkrun-settings-lease-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("zkrun.toml");
+        std::fs::write(&file, "session-timeout = \"6s\"\nlease = \"2s\"\n").unwrap();
+        let s = RunArgs { config: Some(file.clone()), ..args() }.resolve().unwrap();
+        assert_eq!((s.session_timeout, s.lease), (Duration::from_secs(6), Some(Duration::from_secs(2))));
+        // The flag overrides the file, and is checked against its timeout.
+        let e = RunArgs { config: Some(file.clone()), lease: Some(Duration::from_secs(7)), ..args() }
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("--lease 7s must be shorter than the session timeout (6s)"), "{e}");
+        std::fs::write(&file, "lease = \"soon\"\n").unwrap();
+        let e = RunArgs { config: Some(file), ..args() }.resolve().unwrap_err();
+        assert!(e.contains("lease in") && e.contains("bad duration"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

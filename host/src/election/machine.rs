@@ -105,6 +105,11 @@ pub(super) struct Machine {
     resign_pending: Option<(Duration, oneshot::Sender<()>)>,
     /// Whether the election's ACL was looked at (warned about once).
     acl_checked: bool,
+    /// Whether the lease asked for is cut to a shorter session timeout now
+    /// (warned about when it starts to be).
+    lease_cut: bool,
+    /// Whether a leader's lease differing from ours was logged (once).
+    lease_mismatch_logged: bool,
 }
 
 impl Machine {
@@ -124,6 +129,8 @@ impl Machine {
             reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             resign_pending: None,
             acl_checked: false,
+            lease_cut: false,
+            lease_mismatch_logged: false,
         }
     }
 
@@ -204,6 +211,7 @@ impl Machine {
         debug!(
             event = "lease",
             term = node.term.0,
+            proof_ns = proof.monotonic_ns(),
             lease_end_ns = lease.expires.monotonic_ns(),
             deadline_ns = session.timing.demote_at(proof).monotonic_ns(),
             mono_ns = clock::monotonic_ns(),
@@ -318,7 +326,7 @@ impl Machine {
                 client.chroot(chroot.as_str()).map_err(|_| zk::Error::BadArguments(&"bad chroot"))?
             }
         };
-        let timing = Timing::new(negotiated);
+        let timing = self.derive_timing(negotiated);
         self.publish_timing(timing);
         self.shared.counters.sessions.fetch_add(1, Ordering::Relaxed);
         let id = client.session_id().0;
@@ -326,6 +334,7 @@ impl Machine {
             event = "session",
             session = format_args!("{id:#x}"),
             timeout_ms = negotiated.as_millis() as u64,
+            lease_period_ms = timing.period.as_millis() as u64,
             "ZooKeeper session established"
         );
         let link = Link::new(client.state_watcher());
@@ -337,7 +346,7 @@ impl Machine {
     /// (a server with a lower `maxSessionTimeout` grants less to the same
     /// session). Returns whether the timing changed; the caller publishes
     /// it (after revoking a lease the new timing may not cover).
-    fn retime(&self, session: &mut Session) -> bool {
+    fn retime(&mut self, session: &mut Session) -> bool {
         let negotiated = session.client.negotiated_session_timeout();
         if negotiated.is_zero() || negotiated == session.timing.session_timeout {
             return false;
@@ -348,8 +357,28 @@ impl Machine {
             negotiated_ms = negotiated.as_millis() as u64,
             "the ensemble renegotiated the session timeout on reconnect; leases follow the new one"
         );
-        session.timing = Timing::new(negotiated);
+        session.timing = self.derive_timing(negotiated);
         true
+    }
+
+    /// The timing under the session timeout `negotiated`: from the lease
+    /// asked for, or from `negotiated` when the lease does not fit in it
+    /// (warned about when that starts: takeovers then follow the session
+    /// timeout until a longer one is granted again).
+    fn derive_timing(&mut self, negotiated: Duration) -> Timing {
+        let asked = self.config.lease;
+        let timing = Timing::with_lease(negotiated, asked);
+        let cut = timing.cut(asked);
+        if cut && !self.lease_cut {
+            warn!(
+                event = "lease_cut",
+                lease_ms = asked.unwrap_or_default().as_millis() as u64,
+                session_timeout_ms = negotiated.as_millis() as u64,
+                "the lease asked for is not shorter than the session timeout the ensemble granted; leases and takeovers follow the session timeout instead"
+            );
+        }
+        self.lease_cut = cut;
+        timing
     }
 
     /// Shows `timing` to [`super::Election::timing`].
@@ -473,7 +502,7 @@ impl Machine {
     /// successor waits on one write.
     async fn delete_own(&mut self, session: &mut Session, node: &OwnNode, leading: bool) -> Result<(), Exit> {
         let started = Instant::now();
-        let give_up = started + session.timing.deadline;
+        let give_up = started + session.timing.session_deadline();
         let mut with_lease = leading;
         loop {
             let deleted = if with_lease {

@@ -197,6 +197,11 @@ pub struct ElectionConfig {
     pub participant: Participant,
     /// The session timeout to ask the ensemble for.
     pub session_timeout: Duration,
+    /// The lease period to derive leases and takeovers from (`--lease`),
+    /// shorter than the session timeout and at least
+    /// [`timing::MIN_LEASE`]; `None` derives them from the session timeout.
+    /// Cut to the negotiated session timeout if that is shorter.
+    pub lease: Option<Duration>,
     /// Credentials, TLS and the ACL of the nodes we create.
     pub access: ZkAccess,
 }

@@ -60,6 +60,9 @@ struct LeaderLease {
 impl LeaderLease {
     /// When the leader has certainly demoted itself.
     fn takeover_at(&self) -> Instant {
+        // The leader's deadline, as its record says: derived from *its*
+        // lease period (`--lease`) and session timeout, not ours, so a
+        // takeover follows what the leader itself demotes on.
         // The margin covers the clocks of two hosts running at slightly
         // different rates, and the leader's demotion reaching its job.
         self.seen_at + self.deadline + self.deadline * 3 / 20
@@ -246,6 +249,9 @@ impl Machine {
                     }
                 };
             relooked = false;
+            if let Some(lease) = &leader {
+                self.note_leader_lease(&ahead, lease, timing);
+            }
             if next_in_line && own_watch.is_none() {
                 match watch_own(&session.client, &node.path).await {
                     Ok(Some(watch)) => own_watch = Some(watch),
@@ -405,6 +411,27 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Logs, once per process, that the leader's lease (its deadline, as its
+    /// record says) differs from the one we would hold: the hosts of this
+    /// election are configured differently (`--lease`, `--session-timeout`)
+    /// or were granted different session timeouts. Nothing else changes: a
+    /// takeover always follows the leader's own record, which is what the
+    /// leader itself demotes on, never our settings.
+    fn note_leader_lease(&mut self, leader: &str, lease: &LeaderLease, timing: Timing) {
+        let own_ms = timing.deadline.as_millis();
+        if self.lease_mismatch_logged || lease.deadline.as_millis() == own_ms {
+            return;
+        }
+        self.lease_mismatch_logged = true;
+        info!(
+            event = "lease_mismatch",
+            node = leader,
+            leader_deadline_ms = lease.deadline.as_millis() as u64,
+            own_deadline_ms = own_ms as u64,
+            "the leader's lease differs from ours (hosts configured differently?); a takeover of it follows its own deadline"
+        );
     }
 
     /// The leader ahead of us has renewed nothing for longer than its own
@@ -587,7 +614,8 @@ async fn watch_lease(
         match client.get_and_watch_data(path).await {
             Ok((data, stat, watcher)) => {
                 // A lease node we cannot read is still a lease node: assume
-                // a deadline as long as our own session timeout.
+                // a deadline as long as our own session timeout (never our
+                // own, maybe shorter, lease).
                 let deadline = LeaseRecord::from_bytes(&data)
                     .map_or(timing.session_timeout, |record| Duration::from_millis(record.deadline_ms));
                 let lease = LeaderLease { version: stat.version, seen_at: Instant::now(), deadline };

@@ -273,7 +273,7 @@ impl Machine {
     /// Deletes our lease node (if any), riding out connection loss for as
     /// long as the session could still be alive.
     async fn delete_lease(&mut self, session: &mut Session, node: &OwnNode) -> Result<(), Exit> {
-        let give_up = Instant::now() + session.timing.deadline;
+        let give_up = Instant::now() + session.timing.session_deadline();
         loop {
             match session.client.delete(&node.lease_path(), None).await {
                 Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
