@@ -54,6 +54,10 @@ struct Options {
     /// and exit.
     #[arg(long)]
     footprint: bool,
+    /// Pass `--lease` to zkrun participants (e.g. 1s): crash takeover follows
+    /// the lease instead of the session timeout.
+    #[arg(long, value_name = "DURATION")]
+    zkrun_lease: Option<String>,
     /// Rounds of each start-up measure in `--footprint`.
     #[arg(long, default_value_t = 5)]
     footprint_rounds: usize,
@@ -114,6 +118,9 @@ impl Kind {
                     .arg(paths::plugin("heartbeat"))
                     .args(["--zk", &bench.zk, "--election", election])
                     .args(["--tick", &format!("{tick_ms}ms"), "--session-timeout", &format!("{session}ms")]);
+                if let Some(lease) = &bench.zkrun_lease {
+                    c.args(["--lease", lease]);
+                }
                 return c;
             }
             Kind::Curator => Command::new(root.join("benches/peers/curator-participant.sh")),
@@ -206,6 +213,7 @@ struct Bench {
     ensemble: Ensemble,
     zk: String,
     session_timeout: Duration,
+    zkrun_lease: Option<String>,
     next_id: usize,
 }
 
@@ -682,6 +690,7 @@ fn main() {
         ensemble,
         zk,
         session_timeout: Duration::from_millis(options.session_timeout_ms),
+        zkrun_lease: options.zkrun_lease.clone(),
         next_id: 0,
     };
     if options.footprint {
