@@ -24,7 +24,7 @@ pub mod node;
 pub mod timing;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -207,6 +207,9 @@ pub struct ElectionStats {
     pub sessions: u64,
     /// Silent leaders this participant took over from.
     pub takeovers: u64,
+    /// Connections a session got back after losing one (to the same or
+    /// another server); new sessions are counted in `sessions`.
+    pub reconnects: u64,
 }
 
 #[derive(Default)]
@@ -215,6 +218,7 @@ struct Counters {
     reads: AtomicU64,
     sessions: AtomicU64,
     takeovers: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 /// State shared between the election task and its handles.
@@ -225,6 +229,9 @@ struct Shared {
     timing: Mutex<Option<Timing>>,
     state: watch::Sender<ElectionState>,
     counters: Counters,
+    /// Whether the session is connected to a server right now (kept by
+    /// `link.rs`, the owner of connection-state changes).
+    connected: AtomicBool,
 }
 
 enum Command {
@@ -250,6 +257,7 @@ impl Election {
             timing: Mutex::new(None),
             state,
             counters: Counters::default(),
+            connected: AtomicBool::new(false),
         });
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -296,7 +304,13 @@ impl Election {
             reads: c.reads.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
             takeovers: c.takeovers.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the session is connected to a server right now.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
     }
 
     /// Gives up the place in line (and leadership, if held) by deleting the
@@ -334,6 +348,7 @@ mod tests {
             timing: Mutex::new(None),
             state,
             counters: Counters::default(),
+            connected: AtomicBool::new(false),
         });
         Election { shared, commands: mpsc::unbounded_channel().0 }
     }
