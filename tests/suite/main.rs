@@ -7,5 +7,6 @@ mod cli;
 mod containment;
 mod election;
 mod guests;
+mod ops;
 mod runtime;
 mod state;
