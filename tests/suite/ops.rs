@@ -333,3 +333,66 @@ fn curator_and_zkrun_share_an_election_and_hand_over_both_ways() {
     assert!(mono(&demoted) < mono(&elected), "Curator led before zkrun stopped:\n{}", zkrun.dump());
     zkrun.wait_exit(SOON).expect("zkrun exits");
 }
+
+#[test]
+fn status_watch_prints_again_when_the_lead_moves() {
+    let ensemble = Ensemble::start();
+    let zk = ensemble.connect_string();
+    let election = "/zkrun/ops/watch";
+    let args = participant_args(&zk, election, &paths::plugin("heartbeat"), "200ms", "4s", &[] as &[&str]);
+    let mut first = Process::zkrun("w0", &args);
+    first.wait_event("elected", SOON, is_elected);
+    let second = Process::zkrun("w1", &args);
+    second.wait_event("joined", SOON, |e| e.kind() == "joined");
+    let mut command = Command::new(paths::zkrun_binary());
+    command.args(["status", "--watch", "--zk", &zk, "--election", election]);
+    let watch = Process::spawn("watch", command);
+    watch.wait_event("the first table", SOON, |e| e.raw.contains("2 participant(s), w0 leads"));
+    first.signal(libc::SIGTERM);
+    first.wait_exit(SOON).expect("the leader exits");
+    watch.wait_event("a table with the new leader", SOON, |e| e.raw.contains("1 participant(s), w1 leads"));
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let ensemble = Ensemble::start();
+    let dir = zkrun_tests::TempDir::new("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(SOON)).unwrap();
+    let args = participant_args(
+        &ensemble.connect_string(),
+        "/zkrun/ops/notify",
+        &paths::plugin("heartbeat"),
+        "200ms",
+        "4s",
+        &[] as &[&str],
+    );
+    // systemd names the watched process in WATCHDOG_PID: the shell's pid,
+    // which zkrun keeps through exec.
+    let mut command = Command::new("sh");
+    command.arg("-c").arg("WATCHDOG_PID=$$ exec \"$@\"").arg("sh").arg(paths::zkrun_binary());
+    command.args(["run", "--log-format", "json", "--id", "unit"]).args(&args);
+    command.env("NOTIFY_SOCKET", &socket_path).env("WATCHDOG_USEC", "30000000");
+    let mut p = Process::spawn("unit", command);
+    let term = p.wait_event("elected", SOON, is_elected).term().unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let want = |seen: &[String], what: &str| seen.iter().any(|m| m.lines().any(|l| l == what));
+    let leading = format!("STATUS=leading term {term}");
+    while !(want(&seen, "READY=1") && want(&seen, &leading) && want(&seen, "WATCHDOG=1")) {
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("{e}: got only {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY=1 comes once, after joining, never before.
+    let ready = seen.iter().position(|m| m.trim() == "READY=1").unwrap();
+    assert_eq!(seen.iter().filter(|m| m.trim() == "READY=1").count(), 1, "{seen:?}");
+    assert!(!seen[..ready].iter().any(|m| m.starts_with("STATUS=leading")), "{seen:?}");
+    p.signal(libc::SIGTERM);
+    while !want(&seen, "STOPPING=1") {
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("{e}: got only {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(p.wait_exit(SOON).and_then(|s| s.code()), Some(0));
+}
