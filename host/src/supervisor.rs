@@ -520,7 +520,10 @@ impl Supervisor {
             };
             instance.on_demoted(reason).await
         };
-        let failure = match tokio::time::timeout(limit, delivery).await {
+        let started = Instant::now();
+        let delivered = tokio::time::timeout(limit, delivery).await;
+        self.metrics.hook_finished(Hook::OnDemoted, started.elapsed());
+        let failure = match delivered {
             Ok(Ok(())) => return,
             Ok(Err(failure)) => failure,
             Err(_) => HookFailure::TimedOut { hook: Hook::OnDemoted, stop: plugin::Stop::TimedOut(limit) },
