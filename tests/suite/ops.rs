@@ -109,6 +109,16 @@ fn metrics_show_exactly_one_leader_with_its_term_and_both_are_healthy() {
         (sample(&text, "zkrun_is_leader")? == 1.0 && sample(&text, "zkrun_term")? == new_term as f64)
             .then_some(())
     });
+
+    // A reload: the old plugin hears on-demoted(reloading), timed like the
+    // other hooks, and the metrics name the digest the reloaded event names.
+    p[1].signal(libc::SIGHUP);
+    let reloaded = p[1].wait_event("reloaded", SOON, |e| e.kind() == "reloaded");
+    let info = format!("zkrun_plugin_info{{name=\"heartbeat\",sha256=\"{}\"}}", reloaded.str("sha256"));
+    let text = get(&addrs[1], "/metrics").unwrap().1;
+    assert_eq!(sample(&text, &info), Some(1.0), "{text}");
+    let on_demoted = sample(&text, "zkrun_hook_duration_seconds_count{hook=\"on-demoted\"}");
+    assert!(on_demoted.is_some_and(|n| n >= 1.0), "{text}");
 }
 
 #[test]
