@@ -516,11 +516,21 @@ def markdown(results, plot_path, markdown_path):
         + overlaps_section(results)
         + floor_section(results)
         + zkrun_alone_section(results)
+        + footprint_section()
     )
     notes = [n for n in results.get("notes") or [] if isinstance(n, str)]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def footprint_section():
+    """benches/footprint.md, written from `zkrun-bench --footprint`, verbatim."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "footprint.md")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [f.read().rstrip(), ""]
 
 
 def strip_and_box(ax, per_peer, log):

@@ -70,9 +70,10 @@ if [ -x "$js/node_modules/.bin/componentize-js" ]; then
         # componentize-js reads --wit only below its working directory.
         stage="$build/heartbeat-js"
         rm -rf "$stage" && mkdir -p "$stage" && cp -r "$js/app.js" "$root/wit" "$stage/"
-        # No wasi:http: zkrun does not grant it (yet), and the heartbeat needs none.
+        # fetch() imports wasi:http/outgoing-handler, which zkrun links (and
+        # grants with --allow-http); a job exports no HTTP handler.
         (cd "$stage" && "$js/node_modules/.bin/componentize-js" app.js --wit wit --world-name job \
-            -d http fetch-event -o "$out/heartbeat-js.wasm" >/dev/null)
+            -d fetch-event -o "$out/heartbeat-js.wasm" >/dev/null)
     fi
     count=$((count + 1))
 else

@@ -11,6 +11,7 @@
 //! - [`metrics`], [`health`], [`notify`]: what operators watch (Prometheus,
 //!   health checks, systemd), fed by the supervisor.
 //! - [`zkpath`]: connect strings and node paths, checked up front.
+//! - [`zkconnect`]: credentials, TLS and the ACL of every node zkrun creates.
 //! - [`clock`]: the machine's monotonic clock as a number.
 
 pub mod cli;
@@ -24,4 +25,5 @@ pub mod plugin;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod zkconnect;
 pub mod zkpath;

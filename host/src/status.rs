@@ -18,6 +18,7 @@ use serde::Serialize;
 use zookeeper_client as zk;
 
 use crate::election::node::{self, LeaseRecord, Participant};
+use crate::zkconnect::ZkAccess;
 use crate::zkpath::ConnectString;
 
 /// A renewal stamped this far in the future means the clocks disagree.
@@ -156,14 +157,22 @@ pub struct Reader {
 
 impl Reader {
     /// Connects once (no retries beyond `timeout`).
-    pub async fn connect(connect: &ConnectString, timeout: Duration) -> Result<Reader, StatusError> {
+    pub async fn connect(
+        connect: &ConnectString,
+        access: &ZkAccess,
+        timeout: Duration,
+    ) -> Result<Reader, StatusError> {
         let unreachable = |error: String| StatusError::Unreachable { zk: connect.to_string(), error };
         let servers = connect.servers_string();
-        let attempt =
-            zk::Client::connector().with_session_timeout(timeout).with_fail_eagerly().connect(&servers);
-        let client = match tokio::time::timeout(timeout, attempt).await {
+        let connector = zk::Client::connector().with_session_timeout(timeout).with_fail_eagerly();
+        let client = match tokio::time::timeout(timeout, access.connect(connector, &servers)).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
+                // A TLS failure looks like an unreachable ensemble to the
+                // client library: say which it is; else what the sockets say.
+                if let Some(tls) = access.diagnose(connect).await {
+                    return Err(unreachable(tls));
+                }
                 let cause = connect.probe(Duration::from_secs(1).min(timeout)).await;
                 return Err(unreachable(format!("{e} ({cause})")));
             }
@@ -332,10 +341,11 @@ fn wall_ms() -> i64 {
 /// Connects once (no retries beyond `timeout`) and reads the election.
 pub async fn read(
     connect: &ConnectString,
+    access: &ZkAccess,
     election: &str,
     timeout: Duration,
 ) -> Result<ElectionStatus, StatusError> {
-    Reader::connect(connect, timeout).await?.read(election).await
+    Reader::connect(connect, access, timeout).await?.read(election).await
 }
 
 /// Whether the status changed in a way worth printing again (not merely
@@ -354,7 +364,13 @@ pub fn changed(before: &ElectionStatus, after: &ElectionStatus) -> bool {
 /// participant with the same id, and warns: ids name hosts in logs, metrics
 /// and `zkrun status`, and two alike make them ambiguous. In the background,
 /// on a session of its own; a failure to look is only logged at debug.
-pub fn warn_same_id(connect: ConnectString, election: String, id: String, handle: crate::election::Election) {
+pub fn warn_same_id(
+    connect: ConnectString,
+    access: ZkAccess,
+    election: String,
+    id: String,
+    handle: crate::election::Election,
+) {
     use crate::election::ElectionState;
     tokio::spawn(async move {
         let mut states = handle.watch_state();
@@ -365,7 +381,7 @@ pub fn warn_same_id(connect: ConnectString, election: String, id: String, handle
         if !in_line {
             return;
         }
-        let found = match read(&connect, &election, Duration::from_secs(10)).await {
+        let found = match read(&connect, &access, &election, Duration::from_secs(10)).await {
             Ok(found) => found,
             Err(e) => return tracing::debug!(error = %e, "cannot look for duplicate ids"),
         };

@@ -49,6 +49,14 @@ struct Options {
     /// Rounds of the scale test per peer (default: 3, smoke: 1).
     #[arg(long)]
     scale_rounds: Option<usize>,
+    /// Measure only zkrun's start-up and memory (cold and cached starts,
+    /// resident memory of a follower and a leader), print a Markdown table
+    /// and exit.
+    #[arg(long)]
+    footprint: bool,
+    /// Rounds of each start-up measure in `--footprint`.
+    #[arg(long, default_value_t = 5)]
+    footprint_rounds: usize,
 }
 
 /// How long the job ticks between events, for every peer.
@@ -515,6 +523,72 @@ fn zkrun_alone(bench: &mut Bench, smoke: bool) -> Value {
     })
 }
 
+/// A zkrun running `plugin` alone in a fresh election, caching compiled
+/// code in `cache`.
+fn spawn_alone(bench: &mut Bench, plugin: &str, cache: &std::path::Path) -> Process {
+    bench.next_id += 1;
+    let id = format!("fp{}", bench.next_id);
+    let mut command = Command::new(paths::zkrun_binary());
+    command.args(["run", "--log-format", "json", "--id", &id, "--tick", "1s", "--session-timeout", "4s"]);
+    command.arg("--plugin").arg(paths::plugin(plugin)).args(["--zk", &bench.zk]);
+    command.args(["--election", &format!("/bench/footprint/{id}")]).arg("--cache-dir").arg(cache);
+    Process::spawn(&id, command)
+}
+
+/// Milliseconds from spawning zkrun to its `elected` event.
+fn start_to_elected(bench: &mut Bench, plugin: &str, cache: &std::path::Path) -> f64 {
+    let spawned = monotonic_ns();
+    let mut p = spawn_alone(bench, plugin, cache);
+    let elected = p.wait_event("elected", WAIT, |e| e.kind() == "elected");
+    let at = elected.mono_ns().expect("elected carries mono_ns");
+    stop_all(std::slice::from_mut(&mut p));
+    (at - spawned) as f64 / 1e6
+}
+
+/// Start-up and resident memory, as a Markdown table.
+fn footprint(bench: &mut Bench, rounds: usize) -> String {
+    let mut table = String::from("| measure | median | min | max |\n|---|---|---|---|\n");
+    let mut row = |name: String, samples: &[f64], unit: &str| {
+        let min = samples.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = samples.iter().cloned().fold(0.0, f64::max);
+        table += &format!("| {name} | {:.1} {unit} | {min:.1} | {max:.1} |\n", median(samples));
+    };
+    for plugin in ["heartbeat", "heartbeat-py"] {
+        eprintln!("footprint: {plugin} start-up, {rounds} rounds cold and cached");
+        let cold: Vec<f64> = (0..rounds)
+            .map(|_| start_to_elected(bench, plugin, zkrun_tests::TempDir::new("cold").path()))
+            .collect();
+        let cache = zkrun_tests::TempDir::new("cache");
+        start_to_elected(bench, plugin, cache.path());
+        let cached: Vec<f64> = (0..rounds).map(|_| start_to_elected(bench, plugin, cache.path())).collect();
+        row(format!("start to `elected`, {plugin}, nothing cached"), &cold, "ms");
+        row(format!("start to `elected`, {plugin}, compiled code cached"), &cached, "ms");
+    }
+    eprintln!("footprint: resident memory");
+    let cache = zkrun_tests::TempDir::new("cache");
+    for plugin in ["heartbeat", "heartbeat-py"] {
+        start_to_elected(bench, plugin, cache.path());
+        let leader = spawn_alone(bench, plugin, cache.path());
+        leader.wait_event("elected", WAIT, |e| e.kind() == "elected");
+        // A follower of the same election: same plugin, never elected.
+        let election = format!("/bench/footprint/{}", leader.id);
+        bench.next_id += 1;
+        let id = format!("fp{}", bench.next_id);
+        let mut command = Command::new(paths::zkrun_binary());
+        command.args(["run", "--log-format", "json", "--id", &id, "--tick", "1s", "--session-timeout", "4s"]);
+        command.arg("--plugin").arg(paths::plugin(plugin)).args(["--zk", &bench.zk, "--election", &election]);
+        command.arg("--cache-dir").arg(cache.path());
+        let follower = Process::spawn(&id, command);
+        follower.wait_event("following", WAIT, |e| e.kind() == "following" || e.kind() == "joined");
+        std::thread::sleep(Duration::from_secs(5));
+        let mib = |p: &Process| rss_kib(p.pid()) as f64 / 1024.0;
+        row(format!("resident memory, leader, {plugin}, 1 s tick"), &[mib(&leader)], "MiB");
+        row(format!("resident memory, follower, {plugin}"), &[mib(&follower)], "MiB");
+        stop_all(&mut [leader, follower]);
+    }
+    table
+}
+
 fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> =
@@ -610,6 +684,10 @@ fn main() {
         session_timeout: Duration::from_millis(options.session_timeout_ms),
         next_id: 0,
     };
+    if options.footprint {
+        println!("{}", footprint(&mut bench, options.footprint_rounds));
+        return;
+    }
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
     // Warm the servers' JIT up before measuring anything.

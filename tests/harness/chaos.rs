@@ -11,9 +11,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::checker::tick_start;
 pub use crate::checker::{FaultSpan, History, Report, check};
+use crate::checker::{HttpTally, tick_start};
 use crate::ensemble::EnsembleOptions;
+use crate::receiver::Receiver;
 use crate::{Ensemble, Event, EventLog, Process, Proxy, TempDir, monotonic_ns, paths};
 
 const ELECTION: &str = "/zkrun/chaos";
@@ -243,6 +244,8 @@ impl Slot {
 struct World {
     config: ChaosConfig,
     ensemble: Ensemble,
+    /// Where every leader's witness POSTs each tick, fencing on the term.
+    receiver: Receiver,
     slots: Vec<Slot>,
     journals: TempDir,
     spans: Vec<FaultSpan>,
@@ -273,6 +276,10 @@ impl World {
             "info,zkrun::election::machine=debug".into(),
             "--plugin-config".into(),
             "blind=on".into(),
+            "--plugin-config".into(),
+            format!("url={}tick", self.receiver.base_url()).into(),
+            "--allow-http".into(),
+            self.receiver.base_url().into(),
             "--grant-dir".into(),
             format!("{}:/journal", journal.display()).into(),
         ];
@@ -538,6 +545,7 @@ pub fn run(config: ChaosConfig) -> Report {
     let mut world = World {
         config: config.clone(),
         ensemble,
+        receiver: Receiver::start(),
         slots,
         journals: TempDir::new("journals"),
         spans: Vec::new(),
@@ -600,8 +608,32 @@ pub fn run(config: ChaosConfig) -> Report {
         save(path, &history);
     }
     check(&history, &mut report);
+    tally_http(&world.receiver, &history, &mut report);
     report.elapsed = started.elapsed();
     report
+}
+
+/// Property: no stamped request arrives with a term lower than one that
+/// arrived before it.
+fn tally_http(receiver: &Receiver, history: &History, report: &mut Report) {
+    let count = |kind: &str| history.events.iter().filter(|(_, e)| e.kind() == kind).count();
+    let arrivals = receiver.arrivals();
+    let tally = HttpTally {
+        arrived: arrivals.len(),
+        out_of_order: receiver.out_of_order(),
+        refused_by_zkrun: count("http_refused"),
+        cut_off_by_zkrun: count("http_aborted"),
+    };
+    for late in arrivals.iter().filter(|a| a.refused) {
+        report.violations.push(format!(
+            "an HTTP request of term {:?} from {:?} arrived after one of a higher term",
+            late.term, late.participant
+        ));
+    }
+    if tally.arrived == 0 {
+        report.violations.push("no HTTP request arrived: the egress path did not run".into());
+    }
+    report.http = Some(tally);
 }
 
 /// Writes `history` as JSON lines: the session timeout, each fault as

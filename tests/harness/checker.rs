@@ -100,6 +100,8 @@ pub struct Report {
     pub recovery: Option<Duration>,
     /// The longest time from a fault's heal to the next tick, and its fault.
     pub longest_gap: Option<(Duration, FaultKind)>,
+    /// The leaders' stamped HTTP requests, as the chaos receiver saw them.
+    pub http: Option<HttpTally>,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Every property violated, with evidence.
@@ -119,6 +121,13 @@ impl fmt::Display for Report {
         writeln!(f, "leadership windows: {}", self.windows)?;
         writeln!(f, "counter: {} committed increments logged, {} stored", self.commits, self.counter)?;
         writeln!(f, "blind puts landed: {}", self.blind_puts)?;
+        if let Some(http) = &self.http {
+            writeln!(
+                f,
+                "http: {} requests arrived, {} out of term order; zkrun refused {} and cut off {} in flight",
+                http.arrived, http.out_of_order, http.refused_by_zkrun, http.cut_off_by_zkrun
+            )?;
+        }
         match self.recovery {
             Some(d) => writeln!(f, "first tick {d:.1?} after the last fault healed")?,
             None => writeln!(f, "no tick after the last fault healed")?,
@@ -132,6 +141,20 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// What became of the witness's HTTP requests.
+#[derive(Clone, Debug, Default)]
+pub struct HttpTally {
+    /// Requests that arrived whole at the receiver.
+    pub arrived: usize,
+    /// Of those, arrivals with a term lower than an earlier arrival's (each
+    /// a violation; the receiver refuses them, as docs/egress.md says to).
+    pub out_of_order: u64,
+    /// Requests zkrun refused to send (no confirmed leadership).
+    pub refused_by_zkrun: usize,
+    /// Requests zkrun cut off in flight (lease lapsed, hook ended).
+    pub cut_off_by_zkrun: usize,
 }
 
 /// A tick as the witness logged or journaled it.

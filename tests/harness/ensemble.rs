@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tls::TestPki;
 use crate::{TempDir, die_with_parent, wait_for};
 
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+const NETTY_EXTRA_JARS: [&str; 3] =
+    ["netty-codec.jar", "netty-resolver.jar", "netty-transport-native-unix-common.jar"];
 
 /// Settings of a test ensemble.
 #[derive(Clone, Debug)]
@@ -22,11 +25,21 @@ pub struct EnsembleOptions {
     pub force_sync: bool,
     /// Trade steady-state speed for start-up speed (JIT tier 1 only).
     pub fast_start: bool,
+    /// Serve clients over TLS only (Netty, `secureClientPort`, client
+    /// certificates required and authenticated as x509), with certificates
+    /// made for the test; see [`Ensemble::pki`].
+    pub tls: bool,
 }
 
 impl Default for EnsembleOptions {
     fn default() -> Self {
-        EnsembleOptions { servers: 3, tick: Duration::from_millis(200), force_sync: false, fast_start: true }
+        EnsembleOptions {
+            servers: 3,
+            tick: Duration::from_millis(200),
+            force_sync: false,
+            fast_start: true,
+            tls: false,
+        }
     }
 }
 
@@ -44,6 +57,8 @@ struct Server {
 pub struct Ensemble {
     options: EnsembleOptions,
     servers: Vec<Server>,
+    /// The certificates of a TLS ensemble.
+    pki: Option<TestPki>,
     // Dropped last: the servers must be dead before their files go.
     _dir: TempDir,
 }
@@ -91,6 +106,7 @@ impl Ensemble {
             })
             .collect();
         let tick = options.tick.as_millis();
+        let pki = options.tls.then(|| TestPki::create(&dir.path().join("pki")));
         for server in &servers {
             std::fs::create_dir_all(server.dir.join("data")).unwrap();
             std::fs::write(server.dir.join("data/myid"), format!("{}\n", server.id)).unwrap();
@@ -99,8 +115,29 @@ impl Ensemble {
             writeln!(cfg, "initLimit=20").unwrap();
             writeln!(cfg, "syncLimit=5").unwrap();
             writeln!(cfg, "dataDir={}", server.dir.join("data").display()).unwrap();
-            writeln!(cfg, "clientPort={}", server.client_port).unwrap();
-            writeln!(cfg, "clientPortAddress=127.0.0.1").unwrap();
+            match &pki {
+                None => {
+                    writeln!(cfg, "clientPort={}", server.client_port).unwrap();
+                    writeln!(cfg, "clientPortAddress=127.0.0.1").unwrap();
+                }
+                // TLS only: no plaintext client port at all.
+                Some(pki) => {
+                    writeln!(cfg, "secureClientPort={}", server.client_port).unwrap();
+                    writeln!(cfg, "secureClientPortAddress=127.0.0.1").unwrap();
+                    writeln!(cfg, "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory")
+                        .unwrap();
+                    writeln!(cfg, "ssl.keyStore.location={}", pki.server.display()).unwrap();
+                    writeln!(cfg, "ssl.keyStore.type=PEM").unwrap();
+                    writeln!(cfg, "ssl.trustStore.location={}", pki.ca.display()).unwrap();
+                    writeln!(cfg, "ssl.trustStore.type=PEM").unwrap();
+                    writeln!(cfg, "ssl.clientAuth=need").unwrap();
+                    writeln!(
+                        cfg,
+                        "authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider"
+                    )
+                    .unwrap();
+                }
+            }
             writeln!(cfg, "maxClientCnxns=0").unwrap();
             writeln!(cfg, "minSessionTimeout={}", 2 * tick).unwrap();
             writeln!(cfg, "maxSessionTimeout={}", 300 * tick).unwrap();
@@ -117,7 +154,7 @@ impl Ensemble {
             }
             std::fs::write(server.dir.join("zoo.cfg"), cfg).unwrap();
         }
-        Ensemble { options, servers, _dir: dir }
+        Ensemble { options, servers, pki, _dir: dir }
     }
 
     fn spawn(&mut self, i: usize) {
@@ -129,6 +166,11 @@ impl Ensemble {
             .append(true)
             .open(server.dir.join("server.log"))
             .unwrap();
+        // Netty's TLS needs jars that zookeeper.jar's manifest leaves out.
+        let netty = match self.pki {
+            Some(_) => NETTY_EXTRA_JARS.iter().map(|j| format!(":/usr/share/java/{j}")).collect(),
+            None => String::new(),
+        };
         let mut command = Command::new("java");
         command
             .args(["-Xmx192m", "-Xms32m", "-XX:+UseSerialGC", "-Xss512k"])
@@ -140,7 +182,7 @@ impl Ensemble {
             .arg("-Dzookeeper.jmx.log4j.disable=true")
             .arg("-cp")
             .arg(format!(
-                "/etc/zookeeper/conf:{ZOOKEEPER_JAR}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar"
+                "/etc/zookeeper/conf:{ZOOKEEPER_JAR}:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar{netty}"
             ))
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(server.dir.join("zoo.cfg"))
@@ -197,6 +239,11 @@ impl Ensemble {
     /// The number of servers.
     pub fn size(&self) -> usize {
         self.servers.len()
+    }
+
+    /// The certificates of a TLS ensemble (`None` for plaintext).
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
     }
 
     /// The settings the ensemble was started with.
@@ -290,7 +337,10 @@ impl Ensemble {
         if self.servers[i].child.is_none() || self.servers[i].frozen {
             return None;
         }
-        four_letter(self.client_addrs()[i], word)
+        match &self.pki {
+            None => four_letter(self.client_addrs()[i], word),
+            Some(pki) => four_letter_tls(self.client_addrs()[i], word, pki.client_config()),
+        }
     }
 
     /// `leader`, `follower` or `standalone`, per `srvr`; `None` if not serving.
@@ -368,6 +418,25 @@ pub fn four_letter(addr: SocketAddr, word: &str) -> Option<String> {
     stream.write_all(word.as_bytes()).ok()?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply).ok()?;
+    (!reply.is_empty() && !reply.contains("not currently serving")).then_some(reply)
+}
+
+/// [`four_letter`] over TLS, for a TLS-only ensemble.
+pub fn four_letter_tls(
+    addr: SocketAddr,
+    word: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Option<String> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut conn = rustls::ClientConnection::new(config, name).ok()?;
+    let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+    stream.write_all(word.as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    // The server closes without close_notify: keep what came before.
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
     (!reply.is_empty() && !reply.contains("not currently serving")).then_some(reply)
 }
 

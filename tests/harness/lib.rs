@@ -18,6 +18,8 @@ pub mod paths;
 pub mod peer;
 pub mod process;
 pub mod proxy;
+pub mod receiver;
+pub mod tls;
 
 pub use ensemble::{Ensemble, EnsembleOptions};
 pub use events::{Event, EventLog};

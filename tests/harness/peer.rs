@@ -25,6 +25,7 @@ impl Peer {
             path: path.to_string(),
             participant: Participant::this_process(id),
             session_timeout,
+            access: Default::default(),
         };
         let (election, events) = Election::start(config);
         Peer { id: id.to_string(), election, events, history: Vec::new() }

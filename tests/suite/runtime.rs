@@ -325,6 +325,7 @@ async fn explicit_grants_open_a_directory_and_variables() {
         c.grants = Grants {
             dirs: vec![DirGrant { host: dir.path().to_path_buf(), guest: "/data".into(), read_only: true }],
             env: vec![("REGION".into(), "eu-1".into())],
+            ..Grants::default()
         };
         c.config = BTreeMap::from([("file".into(), "/data/greeting.txt".into())]);
     });

@@ -1,5 +1,6 @@
 //! The `zkrun` command line: `run` (the default), `status` and `check`.
 
+pub mod security;
 pub mod settings;
 
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::election::{Election, ElectionConfig, Participant};
 use crate::plugin::{CompileLimits, Compiler, Runtime, RuntimeConfig};
@@ -99,6 +100,8 @@ struct StatusArgs {
     /// Keep watching: print again whenever the status changes (Ctrl-C ends it)
     #[arg(long)]
     watch: bool,
+    #[command(flatten)]
+    security: security::SecurityArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +164,7 @@ async fn serve(settings: RunSettings) -> u8 {
         memory_limit: settings.memory_limit,
         hook_timeout: settings.hook_timeout,
         grants: settings.grants.clone(),
+        http: settings.http_limits,
         config: settings.plugin_config.clone(),
         participant: settings.id.clone(),
         compile: CompileLimits {
@@ -208,6 +212,7 @@ async fn serve(settings: RunSettings) -> u8 {
         event = "starting",
         id = settings.id,
         zk = %settings.zk,
+        zk_access = %settings.zk_access.describe(),
         election = settings.election,
         plugin = %settings.plugin.display(),
         tick_ms = settings.tick.as_millis() as u64,
@@ -216,8 +221,16 @@ async fn serve(settings: RunSettings) -> u8 {
         cached = plugin.from_cache(),
         sha256 = plugin.sha256(),
         version = env!("CARGO_PKG_VERSION"),
+        allow_http = %settings.grants.http.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "zkrun starting"
     );
+    if plugin.interface().sends_http() && settings.grants.http.is_empty() {
+        warn!(
+            event = "http_not_granted",
+            plugin = %settings.plugin.display(),
+            "the plugin imports wasi:http/outgoing-handler, but no --allow-http is given: every request it sends will be refused"
+        );
+    }
 
     let (election, events) = Election::start(ElectionConfig {
         connect: settings.zk.clone(),
@@ -225,6 +238,7 @@ async fn serve(settings: RunSettings) -> u8 {
         participant: Participant::this_process(settings.id.clone())
             .with_plugin(plugin.name(), plugin.sha256()),
         session_timeout: settings.session_timeout,
+        access: settings.zk_access.clone(),
     });
     let signals = match forward_signals() {
         Ok(signals) => signals,
@@ -235,6 +249,7 @@ async fn serve(settings: RunSettings) -> u8 {
     };
     status::warn_same_id(
         settings.zk.clone(),
+        settings.zk_access.clone(),
         settings.election.clone(),
         settings.id.clone(),
         election.clone(),
@@ -306,6 +321,10 @@ fn status_command(args: StatusArgs) -> u8 {
     if let Err(e) = zkpath::check_election_path(&election) {
         return usage(e);
     }
+    let access = match args.security.resolve(Default::default(), std::path::Path::new(".")) {
+        Ok(access) => access,
+        Err(e) => return usage(e),
+    };
     let show = |found: &status::ElectionStatus| {
         if args.json {
             println!("{}", serde_json::to_string_pretty(found).expect("status serializes"));
@@ -314,7 +333,7 @@ fn status_command(args: StatusArgs) -> u8 {
         }
     };
     let result = tokio_runtime().block_on(async {
-        let reader = status::Reader::connect(&connect, args.timeout).await?;
+        let reader = status::Reader::connect(&connect, &access, args.timeout).await?;
         let mut last = reader.read(&election).await?;
         show(&last);
         if args.watch {
@@ -405,6 +424,11 @@ fn check(args: CheckArgs) -> u8 {
     println!("imports:");
     for import in &plugin.interface().imports {
         println!("  {import}");
+    }
+    if plugin.interface().sends_http() {
+        println!(
+            "needs grant: outgoing HTTP (wasi:http/outgoing-handler); leader hooks reach only URLs under --allow-http PREFIX, none by default"
+        );
     }
     exit::OK
 }

@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::security::{SecurityArgs, ZkSection};
 use crate::logging::LogFormat;
 use crate::plugin::{
     DEFAULT_COMPILE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE, DEFAULT_MEMORY_LIMIT,
-    DirGrant, Grants,
+    DirGrant, Grants, HttpLimits, HttpPrefix,
 };
 use crate::state::StateQuota;
+use crate::zkconnect::ZkAccess;
 use crate::zkpath::{self, ConnectString};
 
 /// The default election path.
@@ -33,6 +35,8 @@ pub struct RunSettings {
     pub plugin: PathBuf,
     /// The ensemble.
     pub zk: ConnectString,
+    /// Credentials, TLS and the ACL of the nodes we create.
+    pub zk_access: ZkAccess,
     /// The election path.
     pub election: String,
     /// This participant's id.
@@ -59,6 +63,8 @@ pub struct RunSettings {
     pub plugin_config: BTreeMap<String, String>,
     /// What the plugin may reach.
     pub grants: Grants,
+    /// Bounds on the plugin's HTTP requests.
+    pub http_limits: HttpLimits,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter, e.g. `info`.
@@ -129,6 +135,18 @@ pub struct RunArgs {
     /// Let the plugin see an environment variable (repeatable); NAME alone passes zkrun's own value
     #[arg(long = "grant-env", value_name = "NAME[=VALUE]", value_parser = parse_env_grant)]
     pub grant_env: Vec<(String, String)>,
+    /// Let the plugin's leader hooks send HTTP requests under this URL prefix (repeatable), e.g. https://api.example.com/v1/
+    #[arg(long = "allow-http", value_name = "PREFIX", value_parser = parse_http_prefix)]
+    pub allow_http: Vec<HttpPrefix>,
+    /// Longest one HTTP request may take; never past the hook's deadline [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub http_timeout: Option<Duration>,
+    /// Largest HTTP response body the plugin may read, e.g. 1MiB [default: 1MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub http_max_response: Option<usize>,
+    /// Most HTTP requests one term may have in flight at once [default: 4]
+    #[arg(long, value_name = "N")]
+    pub http_max_in_flight: Option<usize>,
     /// Configuration file (TOML); flags override it
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -144,13 +162,16 @@ pub struct RunArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 [default: off]
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// The configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
-    zk: Option<String>,
+    #[serde(default)]
+    zk: ZkSection,
     election: Option<String>,
     id: Option<String>,
     tick: Option<String>,
@@ -188,6 +209,16 @@ struct PluginSection {
     config: BTreeMap<String, String>,
     #[serde(default)]
     grants: GrantsSection,
+    #[serde(default)]
+    http: HttpSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct HttpSection {
+    timeout: Option<String>,
+    max_response: Option<String>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +228,8 @@ struct GrantsSection {
     dirs: Vec<DirSection>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    http: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,10 +263,11 @@ impl RunArgs {
         };
         let zk_text = self
             .zk
-            .or(file.zk)
+            .or(file.zk.servers.clone())
             .or_else(|| std::env::var("ZOOKEEPER_SERVERS").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_ZK.to_string());
         let zk = ConnectString::parse(&zk_text).map_err(|e| e.to_string())?;
+        let zk_access = self.security.resolve(file.zk, &base)?;
         let election = self.election.or(file.election).unwrap_or_else(|| DEFAULT_ELECTION.to_string());
         zkpath::check_election_path(&election).map_err(|e| e.to_string())?;
         let id = self
@@ -327,6 +361,35 @@ impl RunArgs {
         let mut env = file.plugin.grants.env;
         env.extend(self.grant_env);
         grants.env = env.into_iter().collect();
+        for prefix in &file.plugin.grants.http {
+            grants
+                .http
+                .push(prefix.parse().map_err(|e| format!("{}: {e}", in_file("[plugin.grants] http")))?);
+        }
+        grants.http.extend(self.allow_http);
+        let http_defaults = HttpLimits::default();
+        let http_limits = HttpLimits {
+            timeout: duration(
+                self.http_timeout,
+                file.plugin.http.timeout,
+                "[plugin.http] timeout",
+                http_defaults.timeout,
+            )?,
+            max_response_bytes: match (self.http_max_response, file.plugin.http.max_response) {
+                (Some(n), _) => n as u64,
+                (None, Some(t)) => parse_bytes(&t)
+                    .map_err(|e| format!("{}: {e}", in_file("[plugin.http] max-response")))?
+                    as u64,
+                (None, None) => http_defaults.max_response_bytes,
+            },
+            max_in_flight: self
+                .http_max_in_flight
+                .or(file.plugin.http.max_in_flight)
+                .unwrap_or(http_defaults.max_in_flight),
+        };
+        if http_limits.max_in_flight == 0 {
+            return Err("at least 1 HTTP request must be allowed in flight".into());
+        }
         for dir in &grants.dirs {
             if !dir.host.is_dir() {
                 return Err(format!("granted directory {} does not exist", dir.host.display()));
@@ -358,6 +421,7 @@ impl RunArgs {
         Ok(RunSettings {
             plugin,
             zk,
+            zk_access,
             election,
             id,
             tick,
@@ -371,6 +435,7 @@ impl RunArgs {
             state_quota,
             plugin_config,
             grants,
+            http_limits,
             log_format,
             log_level,
             connect_timeout,
@@ -404,8 +469,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses `64MiB`, `512KiB`, `1GiB`, `64M` or a number of bytes.
+/// Parses a plugin memory size: [`parse_bytes`], at least 1MiB.
 pub fn parse_size(text: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes < 1 << 20 {
+        return Err(format!("bad size {text:?}: a plugin needs at least 1MiB"));
+    }
+    Ok(bytes)
+}
+
+/// Parses `64MiB`, `512KiB`, `1GiB`, `64M` or a number of bytes.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -417,11 +491,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "G" | "GB" | "GiB" => 1 << 30,
         other => return Err(format!("bad size {text:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
     };
-    let bytes = n.checked_mul(scale).ok_or_else(|| format!("bad size {text:?}: too large"))?;
-    if bytes < 1 << 20 {
-        return Err(format!("bad size {text:?}: a plugin needs at least 1MiB"));
-    }
-    Ok(bytes)
+    n.checked_mul(scale).ok_or_else(|| format!("bad size {text:?}: too large"))
+}
+
+fn parse_http_prefix(text: &str) -> Result<HttpPrefix, String> {
+    text.parse()
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {

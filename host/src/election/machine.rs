@@ -35,11 +35,6 @@ use super::{
 };
 use crate::clock::{self, Stamp};
 
-const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-const EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
-    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-
 /// How long a shutting-down participant waits between deleting its node and
 /// closing its session.
 const CLOSE_LINGER: Duration = Duration::from_millis(50);
@@ -108,6 +103,8 @@ pub(super) struct Machine {
     reconnect: Backoff,
     /// A resign asked for while not leading, handled at the next look.
     resign_pending: Option<(Duration, oneshot::Sender<()>)>,
+    /// Whether the election's ACL was looked at (warned about once).
+    acl_checked: bool,
 }
 
 impl Machine {
@@ -126,6 +123,7 @@ impl Machine {
             earlier: VecDeque::new(),
             reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             resign_pending: None,
+            acl_checked: false,
         }
     }
 
@@ -213,8 +211,12 @@ impl Machine {
         );
         let mut fence = self.shared.fence.lock().unwrap();
         if fence.as_ref().map(|f| f.term) != Some(node.term) {
-            *fence =
-                Some(Fence { client: session.client.clone(), node_path: node.path.clone(), term: node.term });
+            *fence = Some(Fence {
+                client: session.client.clone(),
+                node_path: node.path.clone(),
+                term: node.term,
+                acl: self.config.access.acl.clone(),
+            });
         }
     }
 
@@ -257,8 +259,8 @@ impl Machine {
         let servers = self.config.connect.servers_string();
         let requested = self.config.session_timeout;
         loop {
-            let attempt =
-                zk::Client::connector().with_session_timeout(requested).with_fail_eagerly().connect(&servers);
+            let connector = zk::Client::connector().with_session_timeout(requested).with_fail_eagerly();
+            let attempt = self.config.access.connect(connector, &servers);
             let result = tokio::select! {
                 result = attempt => result,
                 command = self.commands.recv() => match command {
@@ -280,10 +282,17 @@ impl Machine {
                 Err(err) => (err, Some(self.config.connect.probe(Duration::from_secs(1)).await)),
             };
             let delay = self.reconnect.next_delay().max(Duration::from_millis(50));
+            // A TLS failure looks like an unreachable ensemble to the client
+            // library; a handshake of our own says which (now and then: it
+            // takes a moment).
+            let diagnosis = match self.reconnect.attempts() % 10 {
+                1 => self.config.access.diagnose(&self.config.connect).await,
+                _ => None,
+            };
             warn!(
                 event = "zk_unreachable",
                 zk = %self.config.connect,
-                error = %failure,
+                error = %diagnosis.unwrap_or_else(|| failure.to_string()),
                 cause,
                 attempt = self.reconnect.attempts(),
                 retry_in_ms = delay.as_millis() as u64,
@@ -308,7 +317,7 @@ impl Machine {
         let client = match &self.config.connect.chroot {
             None => client,
             Some(chroot) => {
-                client.mkdir(chroot, &PERSISTENT).await?;
+                client.mkdir(chroot, &self.config.access.acl.persistent()).await?;
                 client.chroot(chroot.as_str()).map_err(|_| zk::Error::BadArguments(&"bad chroot"))?
             }
         };
@@ -393,6 +402,14 @@ impl Machine {
             | zk::Error::ClientClosed
             | zk::Error::AuthFailed
             | zk::Error::SessionMoved => Err(Exit::SessionLost),
+            zk::Error::NoAuth => {
+                warn!(
+                    event = "zk_no_auth",
+                    zk_access = %self.config.access.describe(),
+                    "ZooKeeper refused a request: the election's ACL does not grant this identity (check --zk-auth, and the identity the other participants use); retrying"
+                );
+                self.pause(Duration::from_secs(1)).await.map_err(Exit::Shutdown)
+            }
             other => {
                 warn!(error = %other, "unexpected ZooKeeper error; retrying");
                 self.pause(Duration::from_millis(200)).await.map_err(Exit::Shutdown)

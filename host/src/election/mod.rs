@@ -21,6 +21,7 @@
 mod link;
 mod machine;
 pub mod node;
+mod security;
 pub mod timing;
 
 use std::fmt;
@@ -35,6 +36,7 @@ pub use node::Participant;
 pub use timing::Timing;
 
 use crate::clock::{Clock, Stamp, SystemClock};
+use crate::zkconnect::{NodeAcl, ZkAccess};
 use crate::zkpath::ConnectString;
 
 /// The fencing token of one leader's term.
@@ -174,6 +176,8 @@ pub struct Fence {
     pub node_path: String,
     /// The term the node stands for.
     pub term: Term,
+    /// The ACL of the state nodes the leader creates.
+    pub acl: NodeAcl,
 }
 
 impl fmt::Debug for Fence {
@@ -193,6 +197,8 @@ pub struct ElectionConfig {
     pub participant: Participant,
     /// The session timeout to ask the ensemble for.
     pub session_timeout: Duration,
+    /// Credentials, TLS and the ACL of the nodes we create.
+    pub access: ZkAccess,
 }
 
 /// Counters of the work this participant did, to show the election has no

@@ -4,7 +4,7 @@
 //! budget for everything the guest can make the host allocate.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,13 +76,18 @@ pub struct Gate {
     /// that ends or is refused because of it, so an interrupt sent before a
     /// hook has started is not lost.
     interrupted: AtomicBool,
-    /// Wakes [`Gate::stopped`] at once on an interrupt.
+    /// Wakes [`Gate::stopped`] at once on an interrupt or a hook's end.
     wake: Notify,
     bounds: Mutex<Option<Bounds>>,
+    /// Numbers the hooks run through this gate, so that work a hook started
+    /// (an HTTP request) can tell its own hook from the next one.
+    hooks: AtomicU64,
 }
 
 #[derive(Clone)]
 struct Bounds {
+    /// Which hook these bounds are for (see [`Gate::hook`]).
+    hook: u64,
     started: Instant,
     limit: Duration,
     permit: Option<Arc<dyn Permit>>,
@@ -92,7 +97,8 @@ impl Gate {
     /// Opens the gate for one hook: `limit` from now, and the permit if it is
     /// a leader hook.
     pub fn open(&self, limit: Duration, permit: Option<Arc<dyn Permit>>) {
-        *self.bounds.lock().unwrap() = Some(Bounds { started: Instant::now(), limit, permit });
+        let hook = self.hooks.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.bounds.lock().unwrap() = Some(Bounds { hook, started: Instant::now(), limit, permit });
     }
 
     /// Closes the gate after a hook returns: host calls outside hooks fail.
@@ -103,13 +109,32 @@ impl Gate {
         {
             self.interrupted.store(false, Ordering::Release);
         }
+        // Work a hook started and outlives it stops now (see `Gate::stopped_hook`).
+        self.wake.notify_waiters();
+    }
+
+    /// The running hook's number, if one runs. Work that must not outlive
+    /// the hook that started it checks with [`Gate::check_hook`].
+    pub fn hook(&self) -> Option<u64> {
+        self.bounds.lock().unwrap().as_ref().map(|b| b.hook)
     }
 
     /// Whether the running hook may go on; `Err` says why not.
     pub fn check(&self) -> Result<(), Stop> {
+        self.check_bounds(None)
+    }
+
+    /// Like [`Gate::check`], and also refuses once hook number `hook` has
+    /// ended, even if another hook runs now.
+    pub fn check_hook(&self, hook: u64) -> Result<(), Stop> {
+        self.check_bounds(Some(hook))
+    }
+
+    fn check_bounds(&self, hook: Option<u64>) -> Result<(), Stop> {
         let bounds = self.bounds.lock().unwrap().clone();
-        let Some(bounds) = bounds else {
-            // No hook is running: nothing the plugin does now is allowed.
+        let Some(bounds) = bounds.filter(|b| hook.is_none_or(|h| h == b.hook)) else {
+            // No hook (or not that hook) is running: nothing the plugin does
+            // now is allowed.
             return Err(Stop::Interrupted);
         };
         if let Some(permit) = &bounds.permit {
@@ -155,9 +180,19 @@ impl Gate {
     /// waits inside a host call (a sleep, a poll, a slow state write) too,
     /// when the caller races it against the call.
     pub async fn stopped(&self) -> Stop {
+        self.stopped_bounds(None).await
+    }
+
+    /// Like [`Gate::stopped`], and also resolves when hook number `hook`
+    /// ends: for work a hook started that must not outlive it.
+    pub async fn stopped_hook(&self, hook: u64) -> Stop {
+        self.stopped_bounds(Some(hook)).await
+    }
+
+    async fn stopped_bounds(&self, hook: Option<u64>) -> Stop {
         loop {
             let woken = self.wake.notified();
-            if let Err(stop) = self.check() {
+            if let Err(stop) = self.check_bounds(hook) {
                 return stop;
             }
             // The permit has no wake-up of its own (a lease lapses by the
@@ -285,26 +320,49 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 /// sleeps otherwise, so an idle zkrun costs no CPU. Clones share the thread.
 #[derive(Clone)]
 pub struct EpochTicker {
-    running: Arc<(Mutex<usize>, Condvar)>,
+    running: Arc<(Mutex<Ticking>, Condvar)>,
 }
+
+/// The ticker's state, under its mutex.
+#[derive(Default)]
+struct Ticking {
+    /// Hooks running now.
+    hooks: usize,
+    /// Whether the ticker thread waits on the condvar (and so needs a wake).
+    parked: bool,
+}
+
+/// How many idle epoch ticks the ticker runs on after the last hook ends
+/// before it parks. Waking a parked thread costs a system call and a
+/// context switch, more than the rest of a hook call together: hooks that
+/// follow each other closely (a fast tick, on-demoted after a tick) find it
+/// still running.
+const LINGER_TICKS: u32 = 50;
 
 impl EpochTicker {
     /// Starts the ticker thread for `engine`.
     pub fn start(engine: wasmtime::Engine) -> EpochTicker {
-        let running = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let running = Arc::new((Mutex::new(Ticking::default()), Condvar::new()));
         let shared = running.clone();
         // A plain OS thread, not a tokio task: it must tick even when every
         // runtime worker is busy running wasm.
         std::thread::Builder::new()
             .name("zkrun-epoch".into())
             .spawn(move || {
-                let (count, wake) = &*shared;
+                let (state, wake) = &*shared;
+                let mut idle = 0u32;
                 loop {
-                    let mut hooks = count.lock().unwrap();
-                    while *hooks == 0 {
-                        hooks = wake.wait(hooks).unwrap();
+                    let mut ticking = state.lock().unwrap();
+                    idle = if ticking.hooks == 0 { idle + 1 } else { 0 };
+                    if idle > LINGER_TICKS {
+                        ticking.parked = true;
+                        while ticking.hooks == 0 {
+                            ticking = wake.wait(ticking).unwrap();
+                        }
+                        ticking.parked = false;
+                        idle = 0;
                     }
-                    drop(hooks);
+                    drop(ticking);
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
@@ -315,21 +373,24 @@ impl EpochTicker {
 
     /// Keeps the ticker running until the returned guard is dropped.
     pub fn hold(&self) -> TickerGuard {
-        let (count, wake) = &*self.running;
-        *count.lock().unwrap() += 1;
-        wake.notify_one();
+        let (state, wake) = &*self.running;
+        let mut ticking = state.lock().unwrap();
+        ticking.hooks += 1;
+        if ticking.parked {
+            wake.notify_one();
+        }
         TickerGuard { running: self.running.clone() }
     }
 }
 
 /// Keeps the epoch ticking while a hook runs.
 pub struct TickerGuard {
-    running: Arc<(Mutex<usize>, Condvar)>,
+    running: Arc<(Mutex<Ticking>, Condvar)>,
 }
 
 impl Drop for TickerGuard {
     fn drop(&mut self) {
-        *self.running.0.lock().unwrap() -= 1;
+        self.running.0.lock().unwrap().hooks -= 1;
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod bindings;
 mod cache;
+mod egress;
 mod limits;
 mod sandbox;
 mod validate;
@@ -32,11 +33,17 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use bindings::zkrun::plugin::state as wit_state;
 pub use bindings::{DemoteReason, Level};
 use bindings::{Job, JobPre, Leadership};
 pub use cache::default_dir as default_cache_dir;
+pub use egress::{
+    DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_MAX_RESPONSE, DEFAULT_HTTP_TIMEOUT, ELECTION_HEADER, HttpLimits,
+    HttpPrefix, PARTICIPANT_HEADER, TERM_HEADER,
+};
+use egress::{Egress, HttpPolicy, Stamp};
 pub use limits::{EPOCH_TICK, Interrupter, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Permit, Stop};
 use limits::{EpochTicker, Gate, MemoryCap, TickerGuard};
 pub use sandbox::{DirGrant, Grants, LogContext, OutputLimits};
@@ -68,6 +75,8 @@ pub struct RuntimeConfig {
     pub compile: CompileLimits,
     /// How much output one instance may produce.
     pub output: OutputLimits,
+    /// Bounds on the plugin's HTTP requests (where it may send is in `grants`).
+    pub http: HttpLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -80,6 +89,7 @@ impl Default for RuntimeConfig {
             participant: String::new(),
             compile: CompileLimits::default(),
             output: OutputLimits::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -98,6 +108,10 @@ pub struct Facts {
 impl Facts {
     fn to_wit(&self) -> Leadership {
         Leadership { term: self.term, participant: self.participant.clone(), election: self.election.clone() }
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp { term: self.term, election: self.election.clone(), participant: self.participant.clone() }
     }
 }
 
@@ -231,11 +245,19 @@ pub struct StoreState {
     config: Arc<BTreeMap<String, String>>,
     resignation: Option<String>,
     state: Option<Arc<dyn StateStore>>,
+    http: WasiHttpCtx,
+    egress: Egress,
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 
@@ -360,15 +382,19 @@ pub struct Runtime {
     config: RuntimeConfig,
     config_map: Arc<BTreeMap<String, String>>,
     participant: Arc<str>,
+    http: Arc<HttpPolicy>,
 }
 
 impl Runtime {
     /// Sets up the engine (component model, epoch interruption) and the linker
-    /// (WASI 0.2 and the `host` interface).
+    /// (WASI 0.2, `wasi:http/outgoing-handler` and the `host` interface).
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let engine = engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        // Linked always, so a plugin that imports it loads; what it may reach
+        // is the operator's grant, none by default.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         Job::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)?;
         let ticker = EpochTicker::start(engine.clone());
@@ -378,6 +404,7 @@ impl Runtime {
             ticker,
             config_map: Arc::new(config.config.clone()),
             participant: Arc::from(config.participant.as_str()),
+            http: Arc::new(HttpPolicy { allow: config.grants.http.clone(), limits: config.http }),
             config,
         })
     }
@@ -450,11 +477,13 @@ impl Runtime {
             table: ResourceTable::new(),
             memory: MemoryCap::new(self.config.memory_limit),
             gate: gate.clone(),
+            egress: Egress::new(self.http.clone(), gate.clone(), log.clone()),
             log,
             output,
             config: self.config_map.clone(),
             resignation: None,
             state,
+            http: WasiHttpCtx::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -587,14 +616,14 @@ pub struct Instance {
 impl Instance {
     /// Calls `on-elected`, bounded by the deadline and `permit`.
     pub async fn on_elected(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
-        self.enter(Hook::OnElected, Some(permit))?;
+        self.enter(Hook::OnElected, Some((permit, facts.stamp())))?;
         let result = bounded(&self.gate, self.job.call_on_elected(&mut self.store, &facts.to_wit())).await;
         self.leave(Hook::OnElected, result)
     }
 
     /// Calls `tick`, bounded by the deadline and `permit`.
     pub async fn tick(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
-        self.enter(Hook::Tick, Some(permit))?;
+        self.enter(Hook::Tick, Some((permit, facts.stamp())))?;
         let result = bounded(&self.gate, self.job.call_tick(&mut self.store, &facts.to_wit())).await;
         self.leave(Hook::Tick, result)
     }
@@ -626,10 +655,14 @@ impl Instance {
         &self.plugin
     }
 
-    fn enter(&mut self, hook: Hook, permit: Option<Arc<dyn Permit>>) -> Result<(), HookFailure> {
+    /// Opens the gate for `hook`; a leader hook brings its permit and the
+    /// stamps its HTTP requests carry.
+    fn enter(&mut self, hook: Hook, leader: Option<(Arc<dyn Permit>, Stamp)>) -> Result<(), HookFailure> {
         if !self.healthy {
             return Err(HookFailure::Unusable { hook });
         }
+        let (permit, stamp) = leader.unzip();
+        self.store.data_mut().egress.set_stamp(stamp);
         self.gate.open(self.timeout, permit);
         if let Err(stop) = self.gate.check() {
             // Refused before the guest ran (an interrupt or a lapsed permit

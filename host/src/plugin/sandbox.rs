@@ -46,6 +46,8 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// Environment variables the plugin sees.
     pub env: Vec<(String, String)>,
+    /// Where the plugin may send HTTP requests (`--allow-http`); none when empty.
+    pub http: Vec<super::egress::HttpPrefix>,
 }
 
 /// One host directory, visible to the plugin at `guest`.

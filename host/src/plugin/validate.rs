@@ -164,6 +164,14 @@ pub struct Interface {
     pub exports: Vec<String>,
 }
 
+impl Interface {
+    /// Whether the plugin can send HTTP requests: it imports
+    /// `wasi:http/outgoing-handler` (granted only by `--allow-http`).
+    pub fn sends_http(&self) -> bool {
+        self.imports.iter().any(|import| import.starts_with("wasi:http/outgoing-handler"))
+    }
+}
+
 /// A compiled component and where it came from.
 pub struct Compiled {
     /// The component, ready to link.

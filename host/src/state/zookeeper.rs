@@ -23,8 +23,6 @@ use crate::election::Fence;
 /// the write, as a GC pause or a frozen VM would cause. Unset in production.
 pub const WRITE_DELAY_FAILPOINT: &str = "ZKRUN_FAILPOINT_FENCED_WRITE_DELAY";
 
-const PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-
 /// The state of one election, writable while `fence` leads.
 pub struct FencedStore {
     fence: Fence,
@@ -156,7 +154,11 @@ impl FencedStore {
         if self.dir_exists.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.fence.client.mkdir(&self.dir, &PERSISTENT).await.map_err(|e| request_failed(&e))?;
+        self.fence
+            .client
+            .mkdir(&self.dir, &self.fence.acl.persistent())
+            .await
+            .map_err(|e| request_failed(&e))?;
         self.dir_exists.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -179,14 +181,14 @@ impl FencedStore {
             // frozen VM: nothing of this host runs on it meanwhile.
             std::thread::sleep(delay);
         }
-        let client = self.fence.client.clone();
+        let (client, acl) = (self.fence.client.clone(), self.fence.acl.clone());
         let (fence_path, term) = (self.fence.node_path.clone(), self.fence.term);
         let (key, path, write) = (key.to_string(), self.path(key), write.to_owned());
         let sent = tokio::spawn(async move {
             let mut multi = client.new_multi_writer();
             // -1: any version; the check is that the node exists.
             let built = multi.add_check_version(&fence_path, -1).and_then(|()| match &write {
-                OwnedWrite::Create(value) => multi.add_create(&path, value, &PERSISTENT),
+                OwnedWrite::Create(value) => multi.add_create(&path, value, &acl.persistent()),
                 OwnedWrite::Set(value, version) => multi.add_set_data(&path, value, *version),
                 OwnedWrite::Delete => multi.add_delete(&path, None),
             });

@@ -20,6 +20,11 @@
 //! guards: `start <ns> term <T>` before anything else, and the outcome of
 //! each blind put. A tick that ran when it should not have shows there.
 //!
+//! With `--plugin-config url=...` (and zkrun's `--allow-http`), every tick
+//! also POSTs `term <T> seq <N>` to that URL and logs `http <status> term
+//! <T> seq <N>` or `http failed term <T> seq <N>: <error>`: the chaos
+//! receiver checks that terms never arrive out of order.
+//!
 //! Blind mode (`--plugin-config blind=on`): every tick first reads and logs
 //! the value under `blind`, and every other tick, instead of the counter
 //! increment, puts `term <T> seq <N>` there without compare-and-set. Only
@@ -67,6 +72,9 @@ impl Guest for Witness {
         } else {
             increment(term);
         }
+        if let Some(url) = config("url") {
+            post(&url, term, seq);
+        }
         let end = monotonic_clock::now();
         log(Level::Info, &format!("witness end {start} {end} term {term}"));
         Ok(())
@@ -103,6 +111,24 @@ fn blind_put(term: u64, seq: u64) {
             journal(&format!("blind refused term {term} seq {seq}: {e:?}"));
             log(Level::Warn, &format!("blind put of seq {seq} failed: {e:?}"));
         }
+    }
+}
+
+/// One stamped request to the chaos receiver (zkrun adds `zkrun-term`).
+fn post(url: &str, term: u64, seq: u64) {
+    use wstd::http::{Body, Client, Request};
+    let sent = wstd::runtime::block_on(async {
+        let request = Request::post(url)
+            .body(Body::from(format!("term {term} seq {seq}")))
+            .map_err(|e| e.to_string())?;
+        let mut response = Client::new().send(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        response.body_mut().contents().await.map_err(|e| e.to_string())?;
+        Ok::<u16, String>(status)
+    });
+    match sent {
+        Ok(status) => log(Level::Info, &format!("http {status} term {term} seq {seq}")),
+        Err(e) => log(Level::Warn, &format!("http failed term {term} seq {seq}: {e}")),
     }
 }
 

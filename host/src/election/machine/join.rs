@@ -4,9 +4,9 @@
 use tracing::{debug, info};
 use zookeeper_client as zk;
 
-use super::{EPHEMERAL_SEQUENTIAL, Exit, Machine, OwnNode, PERSISTENT, Session};
-use crate::election::Term;
+use super::{Exit, Machine, OwnNode, Session};
 use crate::election::node::{self};
+use crate::election::{Term, security};
 
 /// How many earlier joins' prefixes are remembered. Their nodes outlive a
 /// join by at most a session timeout, a few joins at most.
@@ -16,7 +16,7 @@ impl Machine {
     /// Creates the election path and its parents if absent.
     async fn ensure_parent(&mut self, session: &mut Session) -> Result<(), Exit> {
         loop {
-            match session.client.mkdir(&self.config.path, &PERSISTENT).await {
+            match session.client.mkdir(&self.config.path, &self.config.access.acl.persistent()).await {
                 Ok(()) => return Ok(()),
                 Err(err) => self.recover(session, err).await?,
             }
@@ -41,7 +41,14 @@ impl Machine {
         }
         'attempt: loop {
             let children = match session.client.list_children(&parent).await {
-                Ok(children) => children,
+                Ok(children) => {
+                    if !self.acl_checked {
+                        self.acl_checked =
+                            security::warn_if_world_writable(&session.client, &parent, &self.config.access)
+                                .await;
+                    }
+                    children
+                }
                 Err(zk::Error::NoNode) => {
                     self.ensure_parent(session).await?;
                     continue;
@@ -88,7 +95,8 @@ impl Machine {
                 return Ok(node);
             }
             let prefix = format!("{parent}/{}", self.protection.create_name());
-            match session.client.create(&prefix, &data, &EPHEMERAL_SEQUENTIAL).await {
+            match session.client.create(&prefix, &data, &self.config.access.acl.ephemeral_sequential()).await
+            {
                 Ok((stat, sequence)) => {
                     let name = format!("{}{sequence}", self.protection.create_name());
                     return Ok(OwnNode {

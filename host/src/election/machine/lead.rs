@@ -11,11 +11,12 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::{EPHEMERAL, Exit, Machine, OwnNode, Rejoin, Session, own_node_gone, watch_own};
+use super::{Exit, Machine, OwnNode, Rejoin, Session, own_node_gone, watch_own};
 use crate::clock::{Clock, Stamp};
 use crate::election::node::LeaseRecord;
 use crate::election::timing::Timing;
 use crate::election::{Command, DemoteReason};
+use crate::zkconnect::NodeAcl;
 
 impl Machine {
     /// First in line, and every earlier leader has stood down: create our
@@ -33,7 +34,16 @@ impl Machine {
         let record = lease_record(node, &session.timing);
         let mut create = true;
         let proof = loop {
-            match start_renewal(&session.client, self.shared.clock.clone(), node, &record, create).await {
+            match start_renewal(
+                &session.client,
+                &self.config.access.acl,
+                self.shared.clock.clone(),
+                node,
+                &record,
+                create,
+            )
+            .await
+            {
                 // A write stamped before it sat out a reconnect can come back
                 // with its lease (nearly) spent: leading on it would mean
                 // demoting at once and rejoining at the back, a needless
@@ -120,7 +130,14 @@ impl Machine {
                     self.suspend(term, "session timeout renegotiated");
                 }
                 self.publish_timing(timing);
-                refresh = Some(start_renewal(&session.client, clock.clone(), node, &record, create_lease));
+                refresh = Some(start_renewal(
+                    &session.client,
+                    &self.config.access.acl,
+                    clock.clone(),
+                    node,
+                    &record,
+                    create_lease,
+                ));
             }
             let lease_end = timing.lease_end(proof).instant(&*clock);
             let demote_at = timing.demote_at(proof).instant(&*clock);
@@ -172,7 +189,7 @@ impl Machine {
                         }
                         // Same session, maybe another server: renew right away.
                         if refresh.is_none() {
-                            refresh = Some(start_renewal(&session.client, self.shared.clock.clone(), node, &record, create_lease));
+                            refresh = Some(start_renewal(&session.client, &self.config.access.acl, self.shared.clock.clone(), node, &record, create_lease));
                         }
                     }
                     zk::SessionState::Expired => {
@@ -212,7 +229,7 @@ impl Machine {
                         }
                         Ok(Renewal::Retry { create }) => {
                             create_lease = create;
-                            refresh = Some(start_renewal(&session.client, self.shared.clock.clone(), node, &record, create_lease));
+                            refresh = Some(start_renewal(&session.client, &self.config.access.acl, self.shared.clock.clone(), node, &record, create_lease));
                         }
                         Ok(Renewal::NodeGone) => return self.lost_node(session, node).await,
                         Err(zk::Error::SessionExpired) => {
@@ -237,7 +254,7 @@ impl Machine {
                 }
                 _ = tokio::time::sleep(clock_check) => {}
                 _ = sleep_until(next_refresh.into()), if refresh.is_none() => {
-                    refresh = Some(start_renewal(&session.client, self.shared.clock.clone(), node, &record, create_lease));
+                    refresh = Some(start_renewal(&session.client, &self.config.access.acl, self.shared.clock.clone(), node, &record, create_lease));
                 }
             }
         }
@@ -292,19 +309,20 @@ type RenewalFuture = Pin<Box<dyn Future<Output = Result<Renewal, zk::Error>> + S
 /// version, which tells the next in line.
 fn start_renewal(
     client: &zk::Client,
+    acl: &NodeAcl,
     clock: Arc<dyn Clock>,
     node: &OwnNode,
     record: &[u8],
     create: bool,
 ) -> RenewalFuture {
-    let client = client.clone();
+    let (client, acl) = (client.clone(), acl.clone());
     let (own, lease, record) = (node.path.clone(), node.lease_path(), record.to_vec());
     Box::pin(async move {
         let at = clock.now();
         let mut multi = client.new_multi_writer();
         multi.add_check_version(&own, -1)?;
         if create {
-            multi.add_create(&lease, &record, &EPHEMERAL)?;
+            multi.add_create(&lease, &record, &acl.ephemeral())?;
         } else {
             multi.add_set_data(&lease, &record, None)?;
         }
