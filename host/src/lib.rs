@@ -8,6 +8,8 @@
 //! - [`state`]: fenced state, kept in ZooKeeper across failovers.
 //! - [`supervisor`]: the one place where leadership drives the job.
 //! - [`cli`], [`status`], [`logging`]: the `zkrun` command.
+//! - [`metrics`], [`health`], [`notify`]: what operators watch (Prometheus,
+//!   health checks, systemd), fed by the supervisor.
 //! - [`zkpath`]: connect strings and node paths, checked up front.
 //! - [`zkconnect`]: credentials, TLS and the ACL of every node zkrun creates.
 //! - [`clock`]: the machine's monotonic clock as a number.
@@ -15,7 +17,10 @@
 pub mod cli;
 pub mod clock;
 pub mod election;
+pub mod health;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod plugin;
 pub mod state;
 pub mod status;

@@ -45,7 +45,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         .map_err(|e| format!("bad log level {directive:?}: {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Text => builder.with_target(false).with_ansi(colour()).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -55,4 +55,12 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
             .try_init(),
     };
     result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set (to anything
+/// but the empty string, as <https://no-color.org> asks).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    std::io::stderr().is_terminal() && !no_color
 }

@@ -1,35 +1,106 @@
-//! `zkrun status`: who is in an election, in line order, and who leads.
+//! `zkrun status`: who is in an election, in line order, who leads, and
+//! whether the leader's lease is fresh.
+//!
+//! The leader's lease is read from its lease node (see `docs/election.md`):
+//! a zkrun leader rewrites it at every renewal, so its `mtime` is when the
+//! ZooKeeper server that applied the last renewal stamped it, its version
+//! counts renewals, and its record holds the leader's deadline. The age of
+//! the last renewal is this host's wall clock minus that `mtime`: it
+//! compares two machines' clocks, so it is taken at its word only when it is
+//! plausible. When it says the lease lapsed, or that the renewal lies in the
+//! future, status watches the lease node for two refresh periods instead:
+//! a renewal seen then proves the lease fresh (and the clocks disagree), no
+//! renewal proves it lapsed, whatever the clocks say.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use zookeeper_client as zk;
 
-use crate::election::node::{self, Participant};
+use crate::election::node::{self, LeaseRecord, Participant};
 use crate::zkconnect::ZkAccess;
 use crate::zkpath::ConnectString;
+
+/// A renewal stamped this far in the future means the clocks disagree.
+const FUTURE_SLACK_MS: i64 = 1000;
+
+/// What kind of participant holds a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A zkrun process: its node holds zkrun's JSON.
+    Zkrun,
+    /// Another recipe that names its nodes like Curator's `LeaderLatch`
+    /// (`[_c_<uuid>-]latch-<sequence>`); its data is its id, as text.
+    CuratorLeaderLatch,
+}
 
 /// One participant of an election, as ZooKeeper holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
-    /// Place in line; 0 leads.
+    /// Place in line; 0 is first.
     pub position: usize,
-    /// `leader` or `follower`.
+    /// `leader`, `follower`, or `waiting` (first in line, but a zkrun
+    /// participant that holds no lease yet does not lead).
     pub role: &'static str,
+    /// Which recipe the participant runs.
+    pub kind: Kind,
     /// The participant id (for Curator participants: their node data).
     pub id: String,
-    /// The host it runs on ("" for non-zkrun participants).
-    pub host: String,
-    /// Its process id (0 for non-zkrun participants).
-    pub pid: u32,
+    /// The host it runs on (zkrun participants only).
+    pub host: Option<String>,
+    /// Its process id (zkrun participants only).
+    pub pid: Option<u32>,
+    /// The plugin it joined with (zkrun participants only).
+    pub plugin: Option<String>,
+    /// The SHA-256 of that plugin file (zkrun participants only).
+    pub sha256: Option<String>,
+    /// The zkrun version (zkrun participants only).
+    pub version: Option<String>,
     /// The node's sequence number.
     pub sequence: i64,
-    /// The node's czxid: the term it leads (or will lead) with.
-    pub term: u64,
+    /// The node's czxid: the term it leads (or will lead) with (zkrun
+    /// participants only: other recipes have no fencing token).
+    pub term: Option<u64>,
     /// The election node's name.
     pub node: String,
     /// The session that owns the node, in hex.
     pub session: String,
+    /// The lease of a zkrun participant first in line, if it holds one.
+    pub lease: Option<LeaseStatus>,
+}
+
+/// Whether a lease was renewed recently enough for its leader to work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Freshness {
+    /// Renewed within the lease: the leader may run its job.
+    Fresh,
+    /// Past the lease but not the deadline: the leader has paused its job.
+    Suspended,
+    /// Past the deadline: the leader has demoted itself (or died); the next
+    /// in line takes over.
+    Lapsed,
+}
+
+/// A leader's lease, as its lease node shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaseStatus {
+    /// The verdict.
+    pub state: Freshness,
+    /// How long ago the last renewal was stamped by the ensemble, by this
+    /// host's wall clock (`None` when the clocks disagree).
+    pub renewed_ms_ago: Option<u64>,
+    /// Time left until the leader's deadline (negative: past it), when the
+    /// age is known.
+    pub deadline_in_ms: Option<i64>,
+    /// The leader's deadline, counted from each renewal.
+    pub deadline_ms: u64,
+    /// Renewals so far (the lease node's version).
+    pub renewals: i32,
+    /// The verdict came from watching for a renewal, because this host's
+    /// clock and the ensemble's disagree by more than the lease allows.
+    pub observed: bool,
 }
 
 /// An election's participants, in line order.
@@ -39,14 +110,21 @@ pub struct ElectionStatus {
     pub election: String,
     /// Whether the election path exists at all.
     pub exists: bool,
-    /// Everyone in line, the leader first.
+    /// Everyone in line, the first in line first.
     pub participants: Vec<Member>,
 }
 
 impl ElectionStatus {
-    /// The leader, if anyone leads.
+    /// The leader, if anyone leads: the first in line, unless it is a zkrun
+    /// participant without a lease node (not leading yet).
     pub fn leader(&self) -> Option<&Member> {
-        self.participants.first()
+        self.participants.first().filter(|m| m.role == "leader")
+    }
+
+    /// Whether someone leads with a fresh lease (a Curator leader has no
+    /// lease: its node, kept by its live session, is all there is to see).
+    pub fn healthy(&self) -> bool {
+        self.leader().is_some_and(|m| m.lease.as_ref().is_none_or(|l| l.state == Freshness::Fresh))
     }
 }
 
@@ -71,6 +149,195 @@ pub enum StatusError {
     },
 }
 
+/// A connected session for reading elections.
+pub struct Reader {
+    client: zk::Client,
+    timeout: Duration,
+}
+
+impl Reader {
+    /// Connects once (no retries beyond `timeout`).
+    pub async fn connect(
+        connect: &ConnectString,
+        access: &ZkAccess,
+        timeout: Duration,
+    ) -> Result<Reader, StatusError> {
+        let unreachable = |error: String| StatusError::Unreachable { zk: connect.to_string(), error };
+        let servers = connect.servers_string();
+        let connector = zk::Client::connector().with_session_timeout(timeout).with_fail_eagerly();
+        let client = match tokio::time::timeout(timeout, access.connect(connector, &servers)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                // A TLS failure looks like an unreachable ensemble to the
+                // client library: say which it is; else what the sockets say.
+                if let Some(tls) = access.diagnose(connect).await {
+                    return Err(unreachable(tls));
+                }
+                let cause = connect.probe(Duration::from_secs(1).min(timeout)).await;
+                return Err(unreachable(format!("{e} ({cause})")));
+            }
+            Err(_) => {
+                return Err(unreachable(format!("no answer within {}", humantime::format_duration(timeout))));
+            }
+        };
+        let client = match &connect.chroot {
+            None => client,
+            Some(chroot) => client.chroot(chroot.as_str()).map_err(|_| unreachable("bad chroot".into()))?,
+        };
+        Ok(Reader { client, timeout })
+    }
+
+    /// Reads the election, as of a `sync` through the ensemble's leader.
+    pub async fn read(&self, election: &str) -> Result<ElectionStatus, StatusError> {
+        let failed = |error| StatusError::Failed { election: election.to_string(), error };
+        let absent =
+            ElectionStatus { election: election.to_string(), exists: false, participants: Vec::new() };
+        match self.client.sync(election).await {
+            Ok(()) => {}
+            Err(zk::Error::NoNode) => return Ok(absent),
+            Err(e) => return Err(failed(e)),
+        }
+        let children = match self.client.list_children(election).await {
+            Ok(children) => children,
+            Err(zk::Error::NoNode) => return Ok(absent),
+            Err(e) => return Err(failed(e)),
+        };
+        let mut participants = Vec::new();
+        for (sequence, name) in node::in_order(&children) {
+            let (data, stat) = match self.client.get_data(&format!("{election}/{name}")).await {
+                Ok(found) => found,
+                // Left while we looked.
+                Err(zk::Error::NoNode) => continue,
+                Err(e) => return Err(failed(e)),
+            };
+            let mut member = member(participants.len(), sequence, name, &data, &stat);
+            if member.position == 0 && member.kind == Kind::Zkrun {
+                let lease = node::lease_name(name).expect("participant nodes have a sequence");
+                member.lease = self.lease(&format!("{election}/{lease}")).await.map_err(failed)?;
+                member.role = if member.lease.is_some() { "leader" } else { "waiting" };
+            }
+            participants.push(member);
+        }
+        Ok(ElectionStatus { election: election.to_string(), exists: true, participants })
+    }
+
+    /// The lease in `path`, or `None` if the leader holds none.
+    async fn lease(&self, path: &str) -> Result<Option<LeaseStatus>, zk::Error> {
+        let (data, stat) = match self.client.get_data(path).await {
+            Ok(found) => found,
+            Err(zk::Error::NoNode) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let deadline_ms = LeaseRecord::from_bytes(&data).map_or(0, |r| r.deadline_ms);
+        let age_ms = wall_ms() - stat.mtime;
+        let judged = judge(age_ms, deadline_ms, stat.version);
+        let plausible = age_ms >= -FUTURE_SLACK_MS;
+        if plausible && judged.state == Freshness::Fresh {
+            return Ok(Some(judged));
+        }
+        // Do not take two machines' clocks at their word when they say the
+        // lease is over: a working leader renews every refresh period (a
+        // quarter of its deadline), so watch for two of them.
+        let period = Duration::from_millis(deadline_ms / 2).min(self.timeout);
+        let observed = match self.await_renewal(path, stat.version, period).await? {
+            None => return Ok(None),
+            Some(true) => LeaseStatus {
+                state: Freshness::Fresh,
+                renewed_ms_ago: Some(0),
+                deadline_in_ms: Some(deadline_ms as i64),
+                ..judged
+            },
+            Some(false) if plausible => judged,
+            Some(false) => {
+                LeaseStatus { state: Freshness::Lapsed, renewed_ms_ago: None, deadline_in_ms: None, ..judged }
+            }
+        };
+        Ok(Some(LeaseStatus { observed: true, ..observed }))
+    }
+
+    /// Watches the lease node for a renewal after `version`, for at most
+    /// `period`: `Some(true)` renewed, `Some(false)` not, `None` gone.
+    async fn await_renewal(
+        &self,
+        path: &str,
+        version: i32,
+        period: Duration,
+    ) -> Result<Option<bool>, zk::Error> {
+        let until = Instant::now() + period;
+        loop {
+            let (_, stat, watcher) = match self.client.get_and_watch_data(path).await {
+                Ok(found) => found,
+                Err(zk::Error::NoNode) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if stat.version != version {
+                return Ok(Some(true));
+            }
+            if tokio::time::timeout_at(until.into(), watcher.changed()).await.is_err() {
+                return Ok(Some(false));
+            }
+        }
+    }
+}
+
+/// The lease's state from its age by the clocks, `age_ms` after its last
+/// renewal (the lease is three quarters of the deadline: `T/2` of `2T/3`).
+fn judge(age_ms: i64, deadline_ms: u64, renewals: i32) -> LeaseStatus {
+    let deadline = deadline_ms as i64;
+    let state = if age_ms <= deadline * 3 / 4 {
+        Freshness::Fresh
+    } else if age_ms <= deadline {
+        Freshness::Suspended
+    } else {
+        Freshness::Lapsed
+    };
+    let age = age_ms.max(0);
+    LeaseStatus {
+        state,
+        renewed_ms_ago: Some(age as u64),
+        deadline_in_ms: Some(deadline - age),
+        deadline_ms,
+        renewals,
+        observed: false,
+    }
+}
+
+fn member(position: usize, sequence: i64, name: &str, data: &[u8], stat: &zk::Stat) -> Member {
+    let base = Member {
+        position,
+        role: if position == 0 { "leader" } else { "follower" },
+        kind: Kind::CuratorLeaderLatch,
+        id: String::from_utf8_lossy(data).into_owned(),
+        host: None,
+        pid: None,
+        plugin: None,
+        sha256: None,
+        version: None,
+        sequence,
+        term: None,
+        node: name.to_string(),
+        session: format!("{:#x}", stat.ephemeral_owner),
+        lease: None,
+    };
+    let Some(who) = Participant::parse(data) else { return base };
+    let known = |s: String| (!s.is_empty()).then_some(s);
+    Member {
+        kind: Kind::Zkrun,
+        id: who.id,
+        host: Some(who.host),
+        pid: Some(who.pid),
+        plugin: known(who.plugin),
+        sha256: known(who.sha256),
+        version: known(who.version),
+        term: Some(stat.czxid as u64),
+        ..base
+    }
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Connects once (no retries beyond `timeout`) and reads the election.
 pub async fn read(
     connect: &ConnectString,
@@ -78,59 +345,64 @@ pub async fn read(
     election: &str,
     timeout: Duration,
 ) -> Result<ElectionStatus, StatusError> {
-    let unreachable = |error: String| StatusError::Unreachable { zk: connect.to_string(), error };
-    let servers = connect.servers_string();
-    let connector = zk::Client::connector().with_session_timeout(timeout).with_fail_eagerly();
-    let attempt = tokio::time::timeout(timeout, access.connect(connector, &servers)).await;
-    let failure = match attempt {
-        Ok(Ok(client)) => Ok(client),
-        Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
-        Ok(Err(e)) => Err(e.to_string()),
+    Reader::connect(connect, access, timeout).await?.read(election).await
+}
+
+/// Whether the status changed in a way worth printing again (not merely
+/// the age of the last renewal).
+pub fn changed(before: &ElectionStatus, after: &ElectionStatus) -> bool {
+    let shape = |s: &ElectionStatus| {
+        s.participants
+            .iter()
+            .map(|m| (m.node.clone(), m.role, m.id.clone(), m.lease.as_ref().map(|l| l.state)))
+            .collect::<Vec<_>>()
     };
-    let client = match failure {
-        Ok(client) => client,
-        // A TLS failure looks like an unreachable ensemble to the client
-        // library: say which it is.
-        Err(error) => return Err(unreachable(access.diagnose(connect).await.unwrap_or(error))),
-    };
-    let client = match &connect.chroot {
-        None => client,
-        Some(chroot) => client.chroot(chroot.as_str()).map_err(|_| unreachable("bad chroot".into()))?,
-    };
-    let failed = |error| StatusError::Failed { election: election.to_string(), error };
-    let children = match client.list_children(election).await {
-        Ok(children) => children,
-        Err(zk::Error::NoNode) => {
-            return Ok(ElectionStatus {
-                election: election.to_string(),
-                exists: false,
-                participants: Vec::new(),
-            });
+    before.exists != after.exists || shape(before) != shape(after)
+}
+
+/// Once this participant is in line, looks for another live zkrun
+/// participant with the same id, and warns: ids name hosts in logs, metrics
+/// and `zkrun status`, and two alike make them ambiguous. In the background,
+/// on a session of its own; a failure to look is only logged at debug.
+pub fn warn_same_id(
+    connect: ConnectString,
+    access: ZkAccess,
+    election: String,
+    id: String,
+    handle: crate::election::Election,
+) {
+    use crate::election::ElectionState;
+    tokio::spawn(async move {
+        let mut states = handle.watch_state();
+        let in_line = states
+            .wait_for(|s| matches!(s, ElectionState::Follower { .. } | ElectionState::Leader { .. }))
+            .await
+            .is_ok();
+        if !in_line {
+            return;
         }
-        Err(e) => return Err(failed(e)),
-    };
-    let mut participants = Vec::new();
-    for (sequence, name) in node::in_order(&children) {
-        let (data, stat) = match client.get_data(&format!("{election}/{name}")).await {
+        let found = match read(&connect, &access, &election, Duration::from_secs(10)).await {
             Ok(found) => found,
-            // Left while we looked.
-            Err(zk::Error::NoNode) => continue,
-            Err(e) => return Err(failed(e)),
+            Err(e) => return tracing::debug!(error = %e, "cannot look for duplicate ids"),
         };
-        let who = Participant::from_bytes(&data);
-        participants.push(Member {
-            position: participants.len(),
-            role: if participants.is_empty() { "leader" } else { "follower" },
-            id: who.id,
-            host: who.host,
-            pid: who.pid,
-            sequence,
-            term: stat.czxid as u64,
-            node: name.to_string(),
-            session: format!("{:#x}", stat.ephemeral_owner),
-        });
-    }
-    Ok(ElectionStatus { election: election.to_string(), exists: true, participants })
+        let me = Participant::this_process(id.clone());
+        let twins: Vec<&Member> = found
+            .participants
+            .iter()
+            .filter(|m| m.kind == Kind::Zkrun && m.id == id)
+            .filter(|m| m.host.as_deref() != Some(me.host.as_str()) || m.pid != Some(me.pid))
+            .collect();
+        for twin in twins {
+            tracing::warn!(
+                event = "duplicate_id",
+                id,
+                other_host = twin.host.as_deref().unwrap_or_default(),
+                other_pid = twin.pid.unwrap_or_default(),
+                other_node = twin.node,
+                "another live participant of this election has the same id; give each host its own --id"
+            );
+        }
+    });
 }
 
 /// Renders the status as a table for people.
@@ -141,28 +413,113 @@ pub fn render(status: &ElectionStatus) -> String {
         let _ = writeln!(out, "election {}: does not exist (nobody has joined it)", status.election);
         return out;
     }
-    let leader = status
-        .leader()
-        .map(|m| format!("{} leads with term {}", m.id, m.term))
-        .unwrap_or("nobody leads".into());
+    let leader = match (status.leader(), status.participants.first()) {
+        (Some(m), _) => match (&m.lease, m.term) {
+            (Some(lease), Some(term)) => format!("{} leads with term {term}, {}", m.id, describe(lease)),
+            _ => format!("{} leads (a {} participant: no lease)", m.id, kind_name(m.kind)),
+        },
+        (None, Some(first)) => format!("nobody leads ({} is first in line, without a lease yet)", first.id),
+        (None, None) => "nobody leads".into(),
+    };
     let _ =
         writeln!(out, "election {}: {} participant(s), {leader}", status.election, status.participants.len());
     if status.participants.is_empty() {
         return out;
     }
+    let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let short = |s: &Option<String>| {
+        s.as_ref().map_or_else(|| "-".to_string(), |s| s.chars().take(12).collect::<String>())
+    };
     let id_width = status.participants.iter().map(|m| m.id.len()).max().unwrap_or(2).max(2);
-    let host_width = status.participants.iter().map(|m| m.host.len()).max().unwrap_or(4).max(4);
+    let host_width = status.participants.iter().map(|m| dash(&m.host).len()).max().unwrap_or(4).max(4);
+    let plugin_width = status.participants.iter().map(|m| dash(&m.plugin).len()).max().unwrap_or(6).max(6);
     let _ = writeln!(
         out,
-        "{:>3}  {:<8}  {:<id_width$}  {:<host_width$}  {:>7}  {:>10}  {:>20}  node",
-        "#", "role", "id", "host", "pid", "sequence", "term"
+        "{:>3}  {:<8}  {:<7}  {:<id_width$}  {:<host_width$}  {:>7}  {:<plugin_width$}  {:<12}  {:<8}  {:>20}  node",
+        "#", "role", "kind", "id", "host", "pid", "plugin", "sha256", "version", "term"
     );
     for m in &status.participants {
         let _ = writeln!(
             out,
-            "{:>3}  {:<8}  {:<id_width$}  {:<host_width$}  {:>7}  {:>10}  {:>20}  {}",
-            m.position, m.role, m.id, m.host, m.pid, m.sequence, m.term, m.node
+            "{:>3}  {:<8}  {:<7}  {:<id_width$}  {:<host_width$}  {:>7}  {:<plugin_width$}  {:<12}  {:<8}  {:>20}  {}",
+            m.position,
+            m.role,
+            if m.kind == Kind::Zkrun { "zkrun" } else { "curator" },
+            m.id,
+            dash(&m.host),
+            m.pid.map_or("-".into(), |p| p.to_string()),
+            dash(&m.plugin),
+            short(&m.sha256),
+            dash(&m.version),
+            m.term.map_or("-".into(), |t| t.to_string()),
+            m.node
         );
     }
     out
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Zkrun => "zkrun",
+        Kind::CuratorLeaderLatch => "Curator LeaderLatch",
+    }
+}
+
+/// One line about a lease: its state, the renewal age and the deadline.
+fn describe(lease: &LeaseStatus) -> String {
+    let state = match lease.state {
+        Freshness::Fresh => "lease fresh",
+        Freshness::Suspended => "suspended (lease lapsed, deadline not yet)",
+        Freshness::Lapsed => "lease lapsed (past its deadline)",
+    };
+    let timing = match (lease.renewed_ms_ago, lease.deadline_in_ms) {
+        (Some(age), Some(left)) if left >= 0 => format!("renewed {age} ms ago, deadline in {left} ms"),
+        (Some(age), Some(left)) => format!("renewed {age} ms ago, deadline passed {} ms ago", -left),
+        _ => "renewal age unknown (this host's clock disagrees with the ensemble's)".into(),
+    };
+    let seen = if lease.observed { ", seen renewing" } else { "" };
+    format!("{state}: {timing}{seen}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_fresh_within_its_lease_then_suspended_then_lapsed() {
+        assert_eq!(judge(500, 2666, 3).state, Freshness::Fresh);
+        assert_eq!(judge(1999, 2666, 3).state, Freshness::Fresh);
+        assert_eq!(judge(2100, 2666, 3).state, Freshness::Suspended);
+        let lapsed = judge(3000, 2666, 3);
+        assert_eq!(lapsed.state, Freshness::Lapsed);
+        assert_eq!(lapsed.deadline_in_ms, Some(-334));
+        // A renewal slightly in the future (clock offset) reads as just now.
+        assert_eq!(judge(-300, 2666, 3).renewed_ms_ago, Some(0));
+    }
+
+    #[test]
+    fn curator_nodes_are_told_apart_from_zkrun_nodes() {
+        let stat = zk::Stat {
+            czxid: 42,
+            mzxid: 42,
+            pzxid: 42,
+            ctime: 0,
+            mtime: 0,
+            version: 0,
+            cversion: 0,
+            aversion: 0,
+            ephemeral_owner: 7,
+            data_length: 0,
+            num_children: 0,
+        };
+        let curator = member(0, 1, "_c_x-latch-0000000001", b"curator-1", &stat);
+        assert_eq!(
+            (curator.kind, curator.id.as_str(), curator.term, curator.pid),
+            (Kind::CuratorLeaderLatch, "curator-1", None, None)
+        );
+        let zkrun = Participant::this_process("edge").with_plugin("heartbeat", "ab");
+        let member = member(1, 2, "_c_y-latch-0000000002", &zkrun.to_bytes(), &stat);
+        assert_eq!(member.kind, Kind::Zkrun);
+        assert_eq!((member.term, member.sha256.as_deref(), member.role), (Some(42), Some("ab"), "follower"));
+    }
 }

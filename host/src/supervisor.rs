@@ -32,6 +32,8 @@ use tracing::{error, info, warn};
 use crate::clock::monotonic_ns;
 use crate::election::timing::Backoff;
 use crate::election::{self, Election, LeadershipEvent, Term};
+use crate::metrics::{CountedStore, Metrics};
+use crate::notify::Notifier;
 use crate::plugin::{
     self, Facts, Hook, HookFailure, Instance, Interrupter, LoadError, Permit, Plugin, Runtime,
 };
@@ -113,7 +115,12 @@ enum Wake {
     Loaded(Result<Plugin, LoadError>),
     Tick,
     ConnectTimeout,
+    /// The loop's pulse, for health checks and systemd's watchdog.
+    Beat,
 }
+
+/// How often the loop goes round when nothing else happens.
+const BEAT: Duration = Duration::from_secs(1);
 
 /// Drives the job from leadership events.
 pub struct Supervisor {
@@ -133,6 +140,8 @@ pub struct Supervisor {
     joined: bool,
     failures: Backoff,
     started: Instant,
+    metrics: Arc<Metrics>,
+    notifier: Notifier,
 }
 
 impl Supervisor {
@@ -144,6 +153,10 @@ impl Supervisor {
         plugin: Plugin,
         settings: JobSettings,
     ) -> Supervisor {
+        // The loop may legitimately wait on the guest for a hook timeout
+        // twice in a row (an interrupted hook, then on-demoted).
+        let metrics = Metrics::new(runtime.config().hook_timeout * 2 + Duration::from_secs(10));
+        metrics.plugin_loaded(plugin.name(), plugin.sha256());
         Supervisor {
             election,
             events,
@@ -158,11 +171,20 @@ impl Supervisor {
             joined: false,
             failures: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             started: Instant::now(),
+            metrics,
+            notifier: Notifier::from_env(),
         }
+    }
+
+    /// What this supervisor reports to Prometheus.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Runs until shut down.
     pub async fn run(mut self, mut signals: mpsc::UnboundedReceiver<Signal>) -> Outcome {
+        let mut beat = tokio::time::interval(BEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let tick_at = match &self.job {
                 Job::Leading(lead)
@@ -182,6 +204,7 @@ impl Supervisor {
                 loaded = compiled(&mut self.loading) => Wake::Loaded(loaded),
                 _ = sleep_until(tick_at.unwrap_or_else(Instant::now).into()), if tick_at.is_some() => Wake::Tick,
                 _ = sleep_until(connect_by.unwrap_or_else(Instant::now).into()), if connect_by.is_some() => Wake::ConnectTimeout,
+                _ = beat.tick() => Wake::Beat,
             };
             match wake {
                 Wake::Signal(None | Some(Signal::Shutdown)) => {
@@ -214,6 +237,11 @@ impl Supervisor {
                     }
                 }
                 Wake::Tick => self.start_tick(),
+                Wake::Beat => {
+                    self.metrics.beat();
+                    self.notifier.alive();
+                    self.notifier.state(&self.election.state());
+                }
                 Wake::ConnectTimeout => {
                     error!(
                         event = "zk_unreachable",
@@ -228,6 +256,15 @@ impl Supervisor {
     }
 
     async fn on_event(&mut self, event: LeadershipEvent) {
+        self.metrics.leadership(&event);
+        self.act_on(event).await;
+        if self.joined {
+            self.notifier.ready();
+        }
+        self.notifier.state(&self.election.state());
+    }
+
+    async fn act_on(&mut self, event: LeadershipEvent) {
         let id = self.settings.participant.as_str();
         let mono_ns = monotonic_ns();
         match event {
@@ -244,7 +281,15 @@ impl Supervisor {
                 );
             }
             LeadershipEvent::Elected { term } => {
-                info!(event = "elected", id, term = term.0, mono_ns, "elected leader");
+                info!(
+                    event = "elected",
+                    id,
+                    term = term.0,
+                    plugin = self.plugin.name(),
+                    sha256 = self.plugin.sha256(),
+                    mono_ns,
+                    "elected leader"
+                );
                 self.stop_term(plugin::DemoteReason::ConnectionLost).await;
                 self.begin_term(term);
             }
@@ -331,7 +376,8 @@ impl Supervisor {
     /// The fenced state of `term`, while the election holds its fence.
     fn term_state(&self, term: Term) -> Option<Arc<dyn StateStore>> {
         let fence = self.election.fence().filter(|fence| fence.term == term)?;
-        Some(Arc::new(FencedStore::with_quota(fence, &self.settings.election, self.settings.state_quota)))
+        let store = FencedStore::with_quota(fence, &self.settings.election, self.settings.state_quota);
+        Some(CountedStore::wrap(Arc::new(store), self.metrics.clone()))
     }
 
     /// A hook was cut off while leadership was in doubt, so the term's
@@ -379,6 +425,7 @@ impl Supervisor {
         instance: Option<Instance>,
         result: Result<(), HookFailure>,
     ) {
+        self.metrics.hook_finished(hook, started.elapsed());
         let Job::Leading(lead) = &mut self.job else {
             return;
         };
@@ -473,17 +520,22 @@ impl Supervisor {
             };
             instance.on_demoted(reason).await
         };
-        let failure = match tokio::time::timeout(limit, delivery).await {
+        let started = Instant::now();
+        let delivered = tokio::time::timeout(limit, delivery).await;
+        self.metrics.hook_finished(Hook::OnDemoted, started.elapsed());
+        let failure = match delivered {
             Ok(Ok(())) => return,
             Ok(Err(failure)) => failure,
             Err(_) => HookFailure::TimedOut { hook: Hook::OnDemoted, stop: plugin::Stop::TimedOut(limit) },
         };
+        self.metrics.plugin_failed(failure.kind());
         warn!(event = "plugin_failed", id = self.settings.participant, term = term.0, hook = "on-demoted", kind = failure.kind(), error = %failure, "on-demoted failed");
     }
 
     /// A broken job must not pin the lead to this host.
     async fn plugin_failed(&mut self, term: Term, state: Option<Arc<dyn StateStore>>, failure: HookFailure) {
         let rejoin_after = self.failures.next_delay().max(Duration::from_millis(500));
+        self.metrics.plugin_failed(failure.kind());
         error!(
             event = "plugin_failed",
             id = self.settings.participant,
@@ -552,6 +604,7 @@ impl Supervisor {
             Job::Idle => None,
         };
         let old = std::mem::replace(&mut self.plugin, plugin);
+        self.metrics.plugin_loaded(self.plugin.name(), self.plugin.sha256());
         info!(
             event = "reloaded",
             id = self.settings.participant,
@@ -589,6 +642,7 @@ impl Supervisor {
     /// SIGTERM: stop the job, hand over, close the session.
     async fn shutdown(&mut self) {
         info!(event = "shutdown", id = self.settings.participant, mono_ns = monotonic_ns(), "shutting down");
+        self.notifier.stopping();
         self.stop_term(plugin::DemoteReason::Shutdown).await;
         self.election.shutdown().await;
         info!(

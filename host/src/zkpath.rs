@@ -59,11 +59,38 @@ impl ConnectString {
 
     /// The servers as the client library takes them, without the chroot.
     pub fn servers_string(&self) -> String {
+        self.addresses().join(",")
+    }
+
+    fn addresses(&self) -> Vec<String> {
         self.servers
             .iter()
             .map(|(h, p)| if h.contains(':') { format!("[{h}]:{p}") } else { format!("{h}:{p}") })
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect()
+    }
+
+    /// Why the servers cannot be reached, as the sockets tell it (the
+    /// ZooKeeper client only says that no host was available): each
+    /// server's name lookup or TCP connect error, tried at once, within
+    /// `timeout` each. Servers that accept a connection are left out.
+    pub async fn probe(&self, timeout: std::time::Duration) -> String {
+        let mut tries = tokio::task::JoinSet::new();
+        for (i, addr) in self.addresses().into_iter().enumerate() {
+            tries.spawn(async move {
+                let outcome = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await
+                {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("timed out after {}", humantime::format_duration(timeout))),
+                };
+                (i, outcome.map(|why| format!("{addr}: {why}")))
+            });
+        }
+        let mut found: Vec<(usize, String)> =
+            tries.join_all().await.into_iter().filter_map(|(i, why)| why.map(|w| (i, w))).collect();
+        found.sort();
+        let causes: Vec<String> = found.into_iter().map(|(_, why)| why).collect();
+        if causes.is_empty() { "every server accepts TCP connections".into() } else { causes.join("; ") }
     }
 }
 

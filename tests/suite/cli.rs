@@ -408,6 +408,9 @@ fn a_second_signal_exits_at_once() {
     p.signal(libc::SIGINT);
     let status = p.wait_exit(Duration::from_secs(10)).expect("a second signal must end the process");
     assert_eq!(status.code(), Some(130));
+    // Said as an event, like every other line in JSON mode.
+    p.wait_event("forced_exit", SOON, |e| e.kind() == "forced_exit");
+    assert!(p.events().iter().all(|e| !e.json.is_null()), "{}", p.dump());
 }
 
 #[test]
@@ -467,8 +470,9 @@ fn status_lists_participants_in_line_order() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("3 participant(s), p0 leads with term"), "{text}");
 
+    // Nobody leads an election that does not exist: status fails as a check.
     let missing = run_to_end(&["status", "--zk", &zk, "--election", "/zkrun/cli/nobody"], SOON);
-    assert_eq!(missing.status.code(), Some(0));
+    assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stdout).contains("does not exist"));
 }
 

@@ -8,6 +8,7 @@ mod containment;
 mod egress;
 mod election;
 mod guests;
+mod ops;
 mod runtime;
 mod security;
 mod state;

@@ -16,7 +16,7 @@ use crate::election::{Election, ElectionConfig, Participant};
 use crate::plugin::{CompileLimits, Compiler, Runtime, RuntimeConfig};
 use crate::supervisor::{JobSettings, Outcome, Signal, Supervisor};
 use crate::zkpath::{self, ConnectString};
-use crate::{logging, status};
+use crate::{health, logging, status};
 pub use settings::{RunArgs, RunSettings};
 
 /// Exit codes, as documented in the README and `--help`.
@@ -25,6 +25,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// An unexpected internal error.
     pub const FAILURE: u8 = 1;
+    /// `status`: nobody leads, or the leader's lease has lapsed.
+    pub const NO_LEADER: u8 = 1;
     /// Bad flags, configuration file, connect string or election path.
     pub const USAGE: u8 = 2;
     /// The plugin cannot be used (missing, not a component, wrong world...).
@@ -37,8 +39,8 @@ pub mod exit {
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0    clean shutdown (run), usable plugin (check), status printed (status)
-  1    unexpected internal error
+  0    clean shutdown (run), usable plugin (check), a leader holds a fresh lease (status)
+  1    unexpected internal error; status: nobody leads, or the leader's lease lapsed
   2    bad flags, configuration file, connect string or election path
   3    the plugin cannot be used (check, and run at start)
   4    ZooKeeper unreachable (status; run with --connect-timeout)
@@ -95,6 +97,9 @@ struct StatusArgs {
     /// How long to try to reach the ensemble
     #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration, default_value = "10s")]
     timeout: Duration,
+    /// Keep watching: print again whenever the status changes (Ctrl-C ends it)
+    #[arg(long)]
+    watch: bool,
     #[command(flatten)]
     security: security::SecurityArgs,
 }
@@ -192,6 +197,17 @@ async fn serve(settings: RunSettings) -> u8 {
             return exit::FAILURE;
         }
     };
+    // Bound before joining: a bad address or a port in use is a start error.
+    let listener = match settings.metrics {
+        None => None,
+        Some(addr) => match health::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                error!(event = "fatal", error = %e, "cannot serve metrics on {addr}: {e}");
+                return exit::USAGE;
+            }
+        },
+    };
     info!(
         event = "starting",
         id = settings.id,
@@ -219,7 +235,8 @@ async fn serve(settings: RunSettings) -> u8 {
     let (election, events) = Election::start(ElectionConfig {
         connect: settings.zk.clone(),
         path: settings.election.clone(),
-        participant: Participant::this_process(settings.id.clone()),
+        participant: Participant::this_process(settings.id.clone())
+            .with_plugin(plugin.name(), plugin.sha256()),
         session_timeout: settings.session_timeout,
         lease: settings.lease,
         access: settings.zk_access.clone(),
@@ -231,8 +248,15 @@ async fn serve(settings: RunSettings) -> u8 {
             return exit::FAILURE;
         }
     };
+    status::warn_same_id(
+        settings.zk.clone(),
+        settings.zk_access.clone(),
+        settings.election.clone(),
+        settings.id.clone(),
+        election.clone(),
+    );
     let supervisor = Supervisor::new(
-        election,
+        election.clone(),
         events,
         runtime,
         plugin,
@@ -245,6 +269,9 @@ async fn serve(settings: RunSettings) -> u8 {
             state_quota: settings.state_quota,
         },
     );
+    if let Some(listener) = listener {
+        health::serve(listener, supervisor.metrics(), election);
+    }
     match supervisor.run(signals).await {
         Outcome::ShutDown => exit::OK,
         Outcome::Unreachable => exit::UNREACHABLE,
@@ -269,7 +296,7 @@ fn forward_signals() -> std::io::Result<mpsc::UnboundedReceiver<Signal>> {
             };
             if signal == Signal::Shutdown {
                 if stopping {
-                    eprintln!("zkrun: second signal: exiting at once");
+                    error!(event = "forced_exit", "second signal: exiting at once");
                     std::process::exit(exit::FORCED.into());
                 }
                 stopping = true;
@@ -299,16 +326,37 @@ fn status_command(args: StatusArgs) -> u8 {
         Ok(access) => access,
         Err(e) => return usage(e),
     };
-    let result = tokio_runtime().block_on(status::read(&connect, &access, &election, args.timeout));
-    match result {
-        Ok(found) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&found).expect("status serializes"));
-            } else {
-                print!("{}", status::render(&found));
-            }
-            exit::OK
+    let show = |found: &status::ElectionStatus| {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(found).expect("status serializes"));
+        } else {
+            print!("{}", status::render(found));
         }
+    };
+    let result = tokio_runtime().block_on(async {
+        let reader = status::Reader::connect(&connect, &access, args.timeout).await?;
+        let mut last = reader.read(&election).await?;
+        show(&last);
+        if args.watch {
+            // Until interrupted (or the session is lost).
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let found = reader.read(&election).await?;
+                if status::changed(&last, &found) {
+                    if !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        // Clear the screen and redraw in place.
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    show(&found);
+                }
+                last = found;
+            }
+        }
+        Ok(last)
+    });
+    match result {
+        Ok(found) if found.healthy() => exit::OK,
+        Ok(_) => exit::NO_LEADER,
         Err(e @ status::StatusError::Unreachable { .. }) => {
             eprintln!("zkrun: {e}");
             exit::UNREACHABLE

@@ -3,6 +3,7 @@
 //! starts, so a typo is reported as a typo.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +75,8 @@ pub struct RunSettings {
     pub log_level: String,
     /// Give up at start after this long without a session.
     pub connect_timeout: Option<Duration>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The `run` flags, as given (all optional: the file and defaults fill in).
@@ -163,6 +166,9 @@ pub struct RunArgs {
     /// Exit (code 4) if no ZooKeeper session is established this long after start [default: keep retrying]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub security: SecurityArgs,
 }
@@ -181,6 +187,7 @@ struct FileConfig {
     connect_timeout: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    metrics: Option<String>,
     #[serde(default)]
     plugin: PluginSection,
     #[serde(default)]
@@ -418,6 +425,14 @@ impl RunArgs {
             (None, None) => LogFormat::Text,
         };
         let log_level = self.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string());
+        let metrics = match (self.metrics, file.metrics) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => Some(
+                text.parse()
+                    .map_err(|e| format!("{}: {e}: {text:?} (try 127.0.0.1:9464)", in_file("metrics")))?,
+            ),
+            (None, None) => None,
+        };
 
         Ok(RunSettings {
             plugin,
@@ -441,6 +456,7 @@ impl RunArgs {
             log_format,
             log_level,
             connect_timeout,
+            metrics,
         })
     }
 }

@@ -11,9 +11,13 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
 use zookeeper_client as zk;
+
+use super::Shared;
 
 /// A session's connection state, and how many times it changed.
 pub(super) struct Link {
@@ -23,13 +27,16 @@ pub(super) struct Link {
     generation: u64,
     /// Changes already handed out by [`Link::changed`].
     delivered: u64,
+    /// Where the connection state is shown to the election's handles.
+    shared: Arc<Shared>,
 }
 
 impl Link {
     /// Starts counting from the watcher's current state.
-    pub(super) fn new(mut states: zk::StateWatcher) -> Link {
+    pub(super) fn new(mut states: zk::StateWatcher, shared: Arc<Shared>) -> Link {
         let state = states.state();
-        Link { states, state, generation: 0, delivered: 0 }
+        shared.connected.store(is_connected(state), Ordering::Relaxed);
+        Link { states, state, generation: 0, delivered: 0, shared }
     }
 
     /// The current generation, including changes nobody awaited yet.
@@ -50,8 +57,8 @@ impl Link {
     pub(super) async fn changed(&mut self) -> zk::SessionState {
         self.catch_up();
         if self.delivered == self.generation {
-            self.state = self.states.changed().await;
-            self.generation += 1;
+            let state = self.states.changed().await;
+            self.record(state);
         }
         self.delivered = self.generation;
         self.state
@@ -61,19 +68,31 @@ impl Link {
     fn catch_up(&mut self) {
         let mut cx = Context::from_waker(Waker::noop());
         loop {
-            let changed = pin!(self.states.changed());
-            match changed.poll(&mut cx) {
-                Poll::Ready(state) => {
-                    self.state = state;
-                    self.generation += 1;
-                }
-                Poll::Pending => return,
-            }
+            let polled = pin!(self.states.changed()).poll(&mut cx);
+            let Poll::Ready(state) = polled else { return };
+            self.record(state);
+        }
+    }
+
+    /// Counts one change, and shows it to the election's handles.
+    fn record(&mut self, state: zk::SessionState) {
+        let was = is_connected(self.state);
+        self.state = state;
+        self.generation += 1;
+        let now = is_connected(state);
+        self.shared.connected.store(now, Ordering::Relaxed);
+        if now && !was {
+            self.shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Hands the watcher back, to follow the session to its end.
     pub(super) fn into_watcher(self) -> zk::StateWatcher {
+        self.shared.connected.store(false, Ordering::Relaxed);
         self.states
     }
+}
+
+fn is_connected(state: zk::SessionState) -> bool {
+    matches!(state, zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly)
 }

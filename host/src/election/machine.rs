@@ -280,12 +280,14 @@ impl Machine {
                     }
                 },
             };
-            let failure = match result {
+            let (failure, cause) = match result {
                 Ok(client) => match self.open(client).await {
                     Ok(session) => return Ok(session),
-                    Err(err) => err,
+                    Err(err) => (err, None),
                 },
-                Err(err) => err,
+                // The library says only that no host was available: ask
+                // the sockets why (refused, timed out, name not found).
+                Err(err) => (err, Some(self.config.connect.probe(Duration::from_secs(1)).await)),
             };
             let delay = self.reconnect.next_delay().max(Duration::from_millis(50));
             // A TLS failure looks like an unreachable ensemble to the client
@@ -299,6 +301,7 @@ impl Machine {
                 event = "zk_unreachable",
                 zk = %self.config.connect,
                 error = %diagnosis.unwrap_or_else(|| failure.to_string()),
+                cause,
                 attempt = self.reconnect.attempts(),
                 retry_in_ms = delay.as_millis() as u64,
                 "cannot reach the ZooKeeper ensemble; retrying"
@@ -337,7 +340,7 @@ impl Machine {
             lease_period_ms = timing.period.as_millis() as u64,
             "ZooKeeper session established"
         );
-        let link = Link::new(client.state_watcher());
+        let link = Link::new(client.state_watcher(), self.shared.clone());
         let data = self.config.participant.to_bytes();
         Ok(Session { client, data, link, id, timing, started: Instant::now() })
     }

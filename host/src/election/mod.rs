@@ -25,7 +25,7 @@ mod security;
 pub mod timing;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -218,6 +218,9 @@ pub struct ElectionStats {
     pub sessions: u64,
     /// Silent leaders this participant took over from.
     pub takeovers: u64,
+    /// Connections a session got back after losing one (to the same or
+    /// another server); new sessions are counted in `sessions`.
+    pub reconnects: u64,
 }
 
 #[derive(Default)]
@@ -226,6 +229,7 @@ struct Counters {
     reads: AtomicU64,
     sessions: AtomicU64,
     takeovers: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 /// State shared between the election task and its handles.
@@ -236,6 +240,9 @@ struct Shared {
     timing: Mutex<Option<Timing>>,
     state: watch::Sender<ElectionState>,
     counters: Counters,
+    /// Whether the session is connected to a server right now (kept by
+    /// `link.rs`, the owner of connection-state changes).
+    connected: AtomicBool,
 }
 
 enum Command {
@@ -261,6 +268,7 @@ impl Election {
             timing: Mutex::new(None),
             state,
             counters: Counters::default(),
+            connected: AtomicBool::new(false),
         });
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -307,7 +315,13 @@ impl Election {
             reads: c.reads.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
             takeovers: c.takeovers.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the session is connected to a server right now.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
     }
 
     /// Gives up the place in line (and leadership, if held) by deleting the
@@ -345,6 +359,7 @@ mod tests {
             timing: Mutex::new(None),
             state,
             counters: Counters::default(),
+            connected: AtomicBool::new(false),
         });
         Election { shared, commands: mpsc::unbounded_channel().0 }
     }

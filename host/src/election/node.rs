@@ -105,7 +105,14 @@ impl LeaseRecord {
 }
 
 /// What a zkrun participant writes into its election node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The plugin fields say which code the participant joined with (its
+/// provenance). They are written once, with the node: zkrun never changes
+/// an election node (Curator followers watch its data), so after a SIGHUP
+/// reload they name the plugin of the join, and the `reloaded` event and
+/// the metrics name the running one. Nodes of older zkrun versions lack
+/// them and read as empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
     /// The participant id (`--id`).
     pub id: String,
@@ -113,12 +120,32 @@ pub struct Participant {
     pub host: String,
     /// The process id of the zkrun process.
     pub pid: u32,
+    /// The plugin's name (its file stem).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plugin: String,
+    /// The SHA-256 of the plugin file, in hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// The zkrun version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 impl Participant {
     /// Describes this process, with the given id.
     pub fn this_process(id: impl Into<String>) -> Participant {
-        Participant { id: id.into(), host: hostname(), pid: std::process::id() }
+        Participant {
+            id: id.into(),
+            host: hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Participant::default()
+        }
+    }
+
+    /// The same participant, running the plugin `name` with digest `sha256`.
+    pub fn with_plugin(self, name: impl Into<String>, sha256: impl Into<String>) -> Participant {
+        Participant { plugin: name.into(), sha256: sha256.into(), ..self }
     }
 
     /// The bytes stored in the election node.
@@ -126,14 +153,11 @@ impl Participant {
         serde_json::to_vec(self).expect("participant data serializes")
     }
 
-    /// Reads a node's data: zkrun's JSON, or (for Curator participants) the
-    /// participant id as plain text.
-    pub fn from_bytes(data: &[u8]) -> Participant {
-        serde_json::from_slice(data).unwrap_or_else(|_| Participant {
-            id: String::from_utf8_lossy(data).into_owned(),
-            host: String::new(),
-            pid: 0,
-        })
+    /// Reads a zkrun participant's node data; `None` if it is not zkrun's
+    /// (such as a Curator `LeaderLatch` participant's, which holds its id as
+    /// plain text, often empty).
+    pub fn parse(data: &[u8]) -> Option<Participant> {
+        serde_json::from_slice(data).ok()
     }
 }
 
@@ -192,9 +216,13 @@ mod tests {
     }
 
     #[test]
-    fn participant_data_round_trips_and_accepts_curator_ids() {
-        let p = Participant { id: "edge-1".into(), host: "h".into(), pid: 7 };
-        assert_eq!(Participant::from_bytes(&p.to_bytes()), p);
-        assert_eq!(Participant::from_bytes(b"curator-3").id, "curator-3");
+    fn participant_data_round_trips_and_tells_curator_ids_apart() {
+        let p = Participant::this_process("edge-1").with_plugin("heartbeat", "ab12");
+        assert_eq!(Participant::parse(&p.to_bytes()), Some(p));
+        // What zkrun 0.1 wrote: no plugin fields.
+        let old = Participant::parse(br#"{"id":"old","host":"h","pid":7}"#).unwrap();
+        assert_eq!((old.id.as_str(), old.sha256.as_str()), ("old", ""));
+        assert_eq!(Participant::parse(b"curator-3"), None);
+        assert_eq!(Participant::parse(b""), None);
     }
 }
