@@ -177,9 +177,18 @@ impl FencedStore {
     ) -> Result<Result<zk::MultiWriteResult, zk::Error>, StateError> {
         if let Some(delay) = self.write_delay {
             warn!(event = "failpoint_delay", key, ?delay, "test failpoint: pausing before a fenced write");
-            // The whole thread stops, as in a stop-the-world GC pause or a
-            // frozen VM: nothing of this host runs on it meanwhile.
-            std::thread::sleep(delay);
+            // The writing thread stops, as in a GC pause: the hook cannot be
+            // abandoned half-way, so the write goes out after the pause. The
+            // rest of the host runs on (`block_in_place` hands this worker's
+            // queued tasks to another thread); a plain sleep would starve a
+            // task left in this worker's LIFO slot, the election's
+            // included, which the test faults this stands for never do.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(|| std::thread::sleep(delay))
+                }
+                _ => std::thread::sleep(delay),
+            }
         }
         let (client, acl) = (self.fence.client.clone(), self.fence.acl.clone());
         let (fence_path, term) = (self.fence.node_path.clone(), self.fence.term);
