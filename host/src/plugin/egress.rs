@@ -191,7 +191,11 @@ pub struct Egress {
     gate: Arc<Gate>,
     in_flight: Arc<Semaphore>,
     log: LogContext,
+    /// The term's stamps, built at the instance's first leader hook (an
+    /// instance serves one term, so they rarely change after).
     stamp: Option<Stamp>,
+    /// Whether the running hook may send (`on-elected`, `tick`).
+    may_send: bool,
     last_refusal_logged: Option<Instant>,
     refusals_unlogged: u64,
 }
@@ -203,13 +207,30 @@ impl Egress {
     /// Egress for one instance, bounded by its gate.
     pub fn new(policy: Arc<HttpPolicy>, gate: Arc<Gate>, log: LogContext) -> Egress {
         let in_flight = Arc::new(Semaphore::new(policy.limits.max_in_flight));
-        Egress { policy, gate, in_flight, log, stamp: None, last_refusal_logged: None, refusals_unlogged: 0 }
+        Egress {
+            policy,
+            gate,
+            in_flight,
+            log,
+            stamp: None,
+            may_send: false,
+            last_refusal_logged: None,
+            refusals_unlogged: 0,
+        }
     }
 
-    /// Sets the stamps for the leader hook about to run, or clears them for
-    /// a hook that may not send (`on-demoted`).
-    pub fn set_stamp(&mut self, stamp: Option<Stamp>) {
-        self.stamp = stamp;
+    /// Readies egress for the hook about to run: a leader hook, with its
+    /// facts, may send; any other (`on-demoted`) may not. The stamps are
+    /// rebuilt only when the facts differ, not on every tick.
+    pub fn enter_hook(&mut self, leader: Option<&super::Facts>) {
+        self.may_send = leader.is_some();
+        if let Some(facts) = leader
+            && !self.stamp.as_ref().is_some_and(|s| {
+                s.term == facts.term && s.election == facts.election && s.participant == facts.participant
+            })
+        {
+            self.stamp = Some(facts.stamp());
+        }
     }
 
     /// Everything checked before a request may start: the permit, the grant,
@@ -219,7 +240,7 @@ impl Egress {
         request: &mut http::Request<WasiBody>,
     ) -> Result<(Fence, OwnedSemaphorePermit, Duration), Error> {
         let url = request.uri().to_string();
-        let Some(stamp) = self.stamp.clone() else {
+        let Some(stamp) = self.stamp.clone().filter(|_| self.may_send) else {
             return Err(self.refuse(
                 &url,
                 "only on-elected and tick may send requests",

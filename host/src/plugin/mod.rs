@@ -110,7 +110,7 @@ impl Facts {
         Leadership { term: self.term, participant: self.participant.clone(), election: self.election.clone() }
     }
 
-    fn stamp(&self) -> Stamp {
+    pub(crate) fn stamp(&self) -> Stamp {
         Stamp { term: self.term, election: self.election.clone(), participant: self.participant.clone() }
     }
 }
@@ -616,14 +616,14 @@ pub struct Instance {
 impl Instance {
     /// Calls `on-elected`, bounded by the deadline and `permit`.
     pub async fn on_elected(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
-        self.enter(Hook::OnElected, Some((permit, facts.stamp())))?;
+        self.enter(Hook::OnElected, Some((permit, facts)))?;
         let result = bounded(&self.gate, self.job.call_on_elected(&mut self.store, &facts.to_wit())).await;
         self.leave(Hook::OnElected, result)
     }
 
     /// Calls `tick`, bounded by the deadline and `permit`.
     pub async fn tick(&mut self, facts: &Facts, permit: Arc<dyn Permit>) -> Result<(), HookFailure> {
-        self.enter(Hook::Tick, Some((permit, facts.stamp())))?;
+        self.enter(Hook::Tick, Some((permit, facts)))?;
         let result = bounded(&self.gate, self.job.call_tick(&mut self.store, &facts.to_wit())).await;
         self.leave(Hook::Tick, result)
     }
@@ -656,13 +656,13 @@ impl Instance {
     }
 
     /// Opens the gate for `hook`; a leader hook brings its permit and the
-    /// stamps its HTTP requests carry.
-    fn enter(&mut self, hook: Hook, leader: Option<(Arc<dyn Permit>, Stamp)>) -> Result<(), HookFailure> {
+    /// facts its HTTP requests are stamped with.
+    fn enter(&mut self, hook: Hook, leader: Option<(Arc<dyn Permit>, &Facts)>) -> Result<(), HookFailure> {
         if !self.healthy {
             return Err(HookFailure::Unusable { hook });
         }
-        let (permit, stamp) = leader.unzip();
-        self.store.data_mut().egress.set_stamp(stamp);
+        let (permit, facts) = leader.unzip();
+        self.store.data_mut().egress.enter_hook(facts);
         self.gate.open(self.timeout, permit);
         if let Err(stop) = self.gate.check() {
             // Refused before the guest ran (an interrupt or a lapsed permit
