@@ -18,6 +18,7 @@
 //!     └──────────────── Demoted ◀──── deadline / expiry ────────────── Suspended
 //! ```
 
+pub mod decide;
 mod link;
 mod machine;
 pub mod node;

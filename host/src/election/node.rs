@@ -17,6 +17,11 @@ const LATCH: &str = "latch-";
 /// The prefix of lease node names; the leader's sequence follows it.
 const LEASE: &str = "zkrun-lease-";
 
+/// The prefix of standby lease node names: the next in line keeps one, so
+/// that it holds a lease node before it leads without writing one then.
+/// zkrun versions before standby leases do not know the name and ignore it.
+const STANDBY: &str = "zkrun-standby-";
+
 /// The protected prefix of the node one join creates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
@@ -76,10 +81,38 @@ pub fn lease_name(node: &str) -> Option<String> {
     Some(format!("{LEASE}{}", &node[at + LATCH.len()..]))
 }
 
+/// The name of the standby lease node that goes with a participant node:
+/// `zkrun-standby-<sequence>`.
+pub fn standby_name(node: &str) -> Option<String> {
+    let at = node.rfind(LATCH)?;
+    Some(format!("{STANDBY}{}", &node[at + LATCH.len()..]))
+}
+
 /// Whether `name` is a lease node's name (`zkrun-lease-<sequence>`).
 pub fn is_lease_name(name: &str) -> bool {
-    name.strip_prefix(LEASE)
-        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+    holder(name).is_some_and(|(kind, _)| kind == LeaseKind::Lease)
+}
+
+/// The two kinds of lease node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// A leader's lease (`zkrun-lease-<sequence>`).
+    Lease,
+    /// The next in line's standby lease (`zkrun-standby-<sequence>`).
+    Standby,
+}
+
+/// The kind of lease node `name` is and the sequence of the participant
+/// holding it, or `None` if `name` is neither kind of lease node.
+pub fn holder(name: &str) -> Option<(LeaseKind, i64)> {
+    let (kind, digits) = match name.strip_prefix(LEASE) {
+        Some(digits) => (LeaseKind::Lease, digits),
+        None => (LeaseKind::Standby, name.strip_prefix(STANDBY)?),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((kind, digits.parse().ok()?))
 }
 
 /// What a zkrun leader keeps in its lease node, renewed every refresh.
@@ -207,6 +240,12 @@ mod tests {
         assert_eq!(lease, "zkrun-lease-0000000042");
         assert!(is_lease_name(&lease));
         assert!(!is_lease_name(node) && !is_lease_name("zkrun-lease-") && !is_lease_name("state"));
+        assert_eq!(holder(&lease), Some((LeaseKind::Lease, 42)));
+        let standby = standby_name(node).unwrap();
+        assert_eq!(standby, "zkrun-standby-0000000042");
+        assert_eq!(holder(&standby), Some((LeaseKind::Standby, 42)));
+        assert!(!is_lease_name(&standby) && sequence(&standby).is_none());
+        assert!(standby.as_str() > "9999999999");
         assert_eq!(sequence(&lease), None);
         // Curator compares names without `latch-` whole: after any digits.
         assert!(lease.as_str() > "9999999999");
