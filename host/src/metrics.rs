@@ -68,6 +68,7 @@ pub struct Metrics {
     hook_duration: Family<HookLabel, Histogram>,
     plugin_failures: Family<KindLabel, Counter>,
     zk_connected: Gauge,
+    clock_rate: Gauge<f64, AtomicU64>,
     zk_reconnects: Counter,
     plugin_info: Family<PluginLabel, Gauge>,
     state_writes: Family<OutcomeLabel, Counter>,
@@ -121,6 +122,12 @@ impl Metrics {
             "1 while the session is connected to a server",
             zk_connected.clone(),
         );
+        let clock_rate = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "clock_rate_ratio",
+            "How many of our seconds one second of the leader's clock takes, as measured by the next in line (0 until measured)",
+            clock_rate.clone(),
+        );
         let zk_reconnects = Counter::default();
         registry.register(
             "zk_reconnects",
@@ -141,6 +148,7 @@ impl Metrics {
             hook_duration,
             plugin_failures,
             zk_connected,
+            clock_rate,
             zk_reconnects,
             plugin_info,
             state_writes,
@@ -209,6 +217,7 @@ impl Metrics {
             self.state.get_or_create(&StateLabel { state }).set((state == name) as i64);
         }
         self.zk_connected.set(election.connected() as i64);
+        self.clock_rate.set(election.clock_rate_ratio().unwrap_or(0.0));
         let stats = election.stats();
         let reconnects = stats.reconnects + stats.sessions.saturating_sub(1);
         self.zk_reconnects.inc_by(reconnects.saturating_sub(*reconnects_seen));

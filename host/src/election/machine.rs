@@ -27,8 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
+use super::clock_rate::RateEstimator;
 use super::link::Link;
 use super::node::{self, Protection};
+use super::sighting::FirstSeen;
 use super::timing::{Backoff, Timing};
 use super::{
     Command, DemoteReason, ElectionConfig, ElectionState, Fence, LeadershipEvent, Lease, Shared, Term,
@@ -110,6 +112,16 @@ pub(super) struct Machine {
     lease_cut: bool,
     /// Whether a leader's lease differing from ours was logged (once).
     lease_mismatch_logged: bool,
+    /// When each lease node version was first seen: takeover timers count
+    /// from there, across re-reads and reconnects.
+    first_seen: FirstSeen,
+    /// How long to stay out after giving up the head of the line (our
+    /// writes came back too late to lead on); reset once we lead.
+    lead_backoff: Backoff,
+    /// The leader's clock rate against ours, from its renewals.
+    clock_rate: RateEstimator,
+    /// Whether a clock-rate skew was logged (once per process).
+    clock_skew_logged: bool,
 }
 
 impl Machine {
@@ -131,6 +143,10 @@ impl Machine {
             acl_checked: false,
             lease_cut: false,
             lease_mismatch_logged: false,
+            first_seen: FirstSeen::new(),
+            lead_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            clock_rate: RateEstimator::new(),
+            clock_skew_logged: false,
         }
     }
 
@@ -514,6 +530,13 @@ impl Machine {
                 match multi.add_delete(&node.path, None).and_then(|()| multi.add_delete(&lease, None)) {
                     Ok(()) => match multi.commit().await {
                         Ok(_) => Ok(()),
+                        // Our node is gone already (an operator, a takeover):
+                        // its lease node must not outlive it, or the next in
+                        // line waits on a lease known to be dead.
+                        Err(zk::MultiWriteError::OperationFailed { index: 0, source: zk::Error::NoNode }) => {
+                            debug!(node = %node.name, "our election node was gone already; deleting our lease node");
+                            return self.delete_lease(session, node).await;
+                        }
                         // No lease node after all: delete the node alone.
                         Err(zk::MultiWriteError::OperationFailed { index: 1, .. }) => {
                             with_lease = false;

@@ -123,6 +123,11 @@ pub struct LeaseRecord {
     /// How long after its last renewal the leader has certainly stopped its
     /// job and demoted itself (its deadline, in milliseconds).
     pub deadline_ms: u64,
+    /// How often the leader renews, by its own clock, in milliseconds: the
+    /// next in line compares it with the renewals it sees (`clock_rate.rs`).
+    /// 0 in records of zkrun versions that did not write it.
+    #[serde(default)]
+    pub refresh_ms: u64,
 }
 
 impl LeaseRecord {
@@ -249,8 +254,11 @@ mod tests {
         assert_eq!(sequence(&lease), None);
         // Curator compares names without `latch-` whole: after any digits.
         assert!(lease.as_str() > "9999999999");
-        let record = LeaseRecord { node: node.into(), deadline_ms: 2666 };
+        let record = LeaseRecord { node: node.into(), deadline_ms: 2666, refresh_ms: 666 };
         assert_eq!(LeaseRecord::from_bytes(&record.to_bytes()), Some(record));
+        // Records of older versions have no refresh period.
+        let old = LeaseRecord::from_bytes(br#"{"node":"n","deadline_ms":2666}"#).unwrap();
+        assert_eq!(old.refresh_ms, 0);
         assert_eq!(LeaseRecord::from_bytes(b"curator"), None);
     }
 

@@ -15,6 +15,8 @@ use zookeeper_client as zk;
 use super::{Exit, Machine, OwnNode, Rejoin, Session, WatchFuture, own_node_gone, ready_now, watch_own};
 use crate::clock::{self, Clock, Stamp};
 use crate::election::ElectionState;
+use crate::election::clock_rate::RateNews;
+use crate::election::decide::{Basis, Decision, Knowledge, Warm, decide};
 use crate::election::node::{self, LeaseRecord};
 use crate::election::timing::Timing;
 
@@ -50,7 +52,10 @@ type LookFuture = Pin<Box<dyn Future<Output = Result<Look, zk::Error>> + Send>>;
 struct LeaderLease {
     /// The lease node's version last seen: each renewal bumps it.
     version: i32,
-    /// When we learned of that version. The renewal behind it was sent
+    /// The lease node's `czxid`: a node created again is another lease.
+    czxid: i64,
+    /// When we first learned of that version (kept across re-reads and
+    /// reconnects, see `sighting.rs`). The renewal behind it was sent
     /// before, so the leader's deadline counts from earlier still.
     seen_at: Instant,
     /// The leader's deadline, from its lease record.
@@ -58,14 +63,17 @@ struct LeaderLease {
 }
 
 impl LeaderLease {
-    /// When the leader has certainly demoted itself.
-    fn takeover_at(&self) -> Instant {
+    /// When the leader has certainly demoted itself, if its clock runs at
+    /// most `stretch` times slower than ours.
+    fn takeover_at(&self, stretch: f64) -> Instant {
         // The leader's deadline, as its record says: derived from *its*
         // lease period (`--lease`) and session timeout, not ours, so a
         // takeover follows what the leader itself demotes on.
         // The margin covers the clocks of two hosts running at slightly
         // different rates, and the leader's demotion reaching its job.
-        self.seen_at + self.deadline + self.deadline * 3 / 20
+        // A leader whose clock was measured slower than ours (the
+        // clock-rate check) gets the wait stretched by that ratio.
+        self.seen_at + (self.deadline + self.deadline * 3 / 20).mul_f64(stretch)
     }
 }
 
@@ -90,14 +98,60 @@ impl AheadLease {
 }
 
 /// What the next in line knows of the leader's node after waking up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum LeaderLeft {
     /// Nothing new: look as usual.
     No,
     /// It may be gone (its lease node went): a plain read tells.
     Maybe,
-    /// It is gone: its deletion was notified, or was our own takeover.
-    Certainly,
+    /// It is gone, and its lease node with it: their deletion was notified,
+    /// or was our own takeover. [`decide`] says whether that is enough to
+    /// lead on the warm proof without reading again.
+    Certainly {
+        /// The node that was ahead of us.
+        departed: String,
+        /// How we learned it: a notification, or our own takeover.
+        path: LeadPath,
+    },
+}
+
+/// Which path to the lead a `lead_decision` was taken on (its `path` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LeadPath {
+    /// The warm proof, after notifications said the node ahead and its
+    /// lease node went: no read.
+    Shortcut,
+    /// A read of the election (behind a `sync`, or right after the
+    /// notification that made us look).
+    Full,
+    /// The warm proof, after our own takeover of a silent leader.
+    Takeover,
+}
+
+impl LeadPath {
+    /// The `path` field's value.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            LeadPath::Shortcut => "shortcut",
+            LeadPath::Full => "full",
+            LeadPath::Takeover => "takeover",
+        }
+    }
+}
+
+/// Logs the one structured event every decision to lead leaves behind
+/// (`lead_decision`, fields `path`, `generation`, `why`, `term`): the chaos
+/// checker reads it to tell which path a term began on.
+fn log_lead_decision(path: LeadPath, generation: u64, why: &str, node: &OwnNode) {
+    info!(
+        event = "lead_decision",
+        path = path.as_str(),
+        generation,
+        why,
+        term = node.term.0,
+        mono_ns = clock::monotonic_ns(),
+        "decided to lead"
+    );
 }
 
 /// How a takeover attempt ended.
@@ -133,6 +187,9 @@ impl Machine {
         let mut own_watch: Option<WatchFuture> = None;
         // Set after we looked again because the node ahead seemed to lead.
         let mut relooked = false;
+        // The children of the election path in the last look: what a warm
+        // decision rests on.
+        let mut seen: Vec<String> = Vec::new();
         loop {
             if self.retime(session) {
                 self.publish_timing(session.timing);
@@ -143,33 +200,72 @@ impl Machine {
                 let _ = done.send(());
                 return Ok(Rejoin::After(rejoin_after));
             }
-            // Act on the warm proof only while it leaves most of a lease,
-            // and only on the connection it was taken on: across a
-            // reconnect, notifications may have been lost or reordered.
+            // The plain read (no `sync`) after a notification is worth
+            // taking only on the warm proof's connection, while it leaves
+            // most of a lease: across a reconnect, notifications may have
+            // been lost or reordered.
             let left = std::mem::replace(&mut leader_left, LeaderLeft::No);
             let generation = session.link.generation();
             let soon = self.shared.clock.now().after(timing.refresh);
-            let fast = warm.filter(|proof| {
+            let mut fast = warm.filter(|proof| {
                 left != LeaderLeft::No
                     && proof.generation == generation
                     && !timing.lease_end(proof.at).reached(soon)
             });
-            if let (Some(_), LeaderLeft::Certainly, Some(watch)) = (fast, left, own_watch.as_mut()) {
-                match ready_now(watch) {
-                    None => {
-                        // Our last look showed only the leader ahead; nodes
-                        // created since sort after ours. So we are first.
-                        debug!(
-                            mono_ns = crate::clock::monotonic_ns(),
-                            "the leader's node went before ours; leading on the warm proof"
-                        );
-                        return self.take_lead(session, node).await;
-                    }
-                    Some(event) if event.event_type == zk::EventType::NodeDeleted => {
+            if let (LeaderLeft::Certainly { departed, path }, Some(proof)) = (&left, warm) {
+                // Whether our own node is quiet: the ensemble notifies one
+                // connection in the order it applied changes, so if this
+                // has not fired, our node outlived the departed one.
+                let own_quiet = match own_watch.as_mut().map(ready_now) {
+                    Some(None) => true,
+                    Some(Some(event)) if event.event_type == zk::EventType::NodeDeleted => {
                         return Ok(own_node_gone(node));
                     }
                     // A session event: read instead, and watch again.
-                    Some(_) => own_watch = None,
+                    Some(Some(_)) => {
+                        own_watch = None;
+                        false
+                    }
+                    None => false,
+                };
+                let knowledge = Knowledge {
+                    own: &node.name,
+                    children: &seen,
+                    basis: Basis::Warm(Warm {
+                        departed,
+                        proof_generation: proof.generation,
+                        generation,
+                        proof_fresh: !timing.lease_end(proof.at).reached(soon),
+                        own_quiet,
+                    }),
+                };
+                match decide(&knowledge) {
+                    Decision::Lead => {
+                        let why = match path {
+                            LeadPath::Takeover => {
+                                "took over a leader silent past its deadline; nothing else stood in the last look"
+                            }
+                            _ => {
+                                "the node ahead and its lease node went; nothing else stood in the last look"
+                            }
+                        };
+                        log_lead_decision(*path, generation, why, node);
+                        return self.take_lead(session, node).await;
+                    }
+                    decision => {
+                        // `Look` (or anything else the warm view cannot
+                        // settle): sync, read, and decide again on that.
+                        let why = match &decision {
+                            Decision::Look { why } => *why,
+                            _ => "the last look does not settle it",
+                        };
+                        debug!(
+                            why,
+                            decision = decision.name(),
+                            "not leading on the warm proof; looking again"
+                        );
+                        fast = None;
+                    }
                 }
             }
             let looked = match fast {
@@ -199,21 +295,31 @@ impl Machine {
                 Some(stat) if stat.ephemeral_owner == session.id => {}
                 _ => return Ok(own_node_gone(node)),
             }
-            let order = node::in_order(&look.children);
-            let Some(position) = order.iter().position(|(_, name)| *name == node.name) else {
-                return Ok(Rejoin::Now);
-            };
-            if position == 0 {
+            let decision =
+                decide(&Knowledge { own: &node.name, children: &look.children, basis: Basis::Fresh });
+            seen = look.children.clone();
+            let (ahead, position) = match decision {
+                Decision::Follow { ahead, position } => (ahead, position),
+                Decision::Lead => {
+                    log_lead_decision(
+                        LeadPath::Full,
+                        look.generation,
+                        "first in line in a fresh look, and no other lease node stands",
+                        node,
+                    );
+                    return self.take_lead(session, node).await;
+                }
                 // First in line; but a lease node of an earlier leader means
                 // that leader has not stood down yet (it removes its lease
                 // node only after it stopped its job).
-                if let Some(lease) = standing_lease(&look.children, node) {
+                Decision::AwaitStandDown { lease } => {
                     self.await_stand_down(session, &parent, &lease).await?;
                     continue;
                 }
-                return self.take_lead(session, node).await;
-            }
-            let ahead = order[position - 1].1.to_string();
+                Decision::Rejoin => return Ok(Rejoin::Now),
+                // Not on a fresh view; look again all the same.
+                Decision::Look { .. } => continue,
+            };
             let ahead_path = format!("{parent}/{ahead}");
             let ahead_lease =
                 format!("{parent}/{}", node::lease_name(&ahead).expect("participant nodes have a sequence"));
@@ -233,7 +339,7 @@ impl Machine {
                 }
             };
             let (mut lease_changed, mut leader) =
-                match watch_lease(&session.client, &ahead_lease, timing).await {
+                match self.watch_lease(&session.client, &ahead_lease, timing).await {
                     // The node ahead leads, but we did not see ourselves next in
                     // line: our look predates its election, so look again. (Once:
                     // a lease node can outlive a term whose node an operator
@@ -274,7 +380,8 @@ impl Machine {
                 let refresh_at = warm
                     .map(|proof| proof.at.after(timing.refresh).instant(&*self.shared.clock))
                     .unwrap_or_else(Instant::now);
-                let takeover_at = leader.as_ref().map(LeaderLease::takeover_at);
+                let stretch = self.takeover_stretch();
+                let takeover_at = leader.as_ref().map(|lease| lease.takeover_at(stretch));
                 // Biased: a change of connection (after which notifications
                 // may come out of order) and our own node's deletion are
                 // seen before the leader's deletion that arrived with them.
@@ -311,7 +418,7 @@ impl Machine {
                                         lease_changed = Box::pin(std::future::pending());
                                         AheadLease::Absent
                                     }
-                                    Some(_) => match watch_lease(&session.client, &ahead_lease, timing).await {
+                                    Some(_) => match self.watch_lease(&session.client, &ahead_lease, timing).await {
                                         Ok((watch, lease)) => {
                                             lease_changed = watch;
                                             lease
@@ -324,7 +431,9 @@ impl Machine {
                                     },
                                 };
                                 match lease {
-                                    AheadLease::Absent => leader_left = LeaderLeft::Certainly,
+                                    AheadLease::Absent => {
+                                        leader_left = LeaderLeft::Certainly { departed: ahead.clone(), path: LeadPath::Shortcut };
+                                    }
                                     AheadLease::Held(lease) => {
                                         info!(
                                             event = "awaiting_stand_down",
@@ -350,17 +459,17 @@ impl Machine {
                         if ahead_gone && event.event_type == zk::EventType::NodeDeleted {
                             // The leader stood down (its lease node went with
                             // or after its node): no need to read anything.
-                            leader_left = LeaderLeft::Certainly;
+                            leader_left = LeaderLeft::Certainly { departed: ahead.clone(), path: LeadPath::Shortcut };
                             break;
                         }
                         // A renewal (or the lease's first write): note when.
-                        match watch_lease(&session.client, &ahead_lease, timing).await {
+                        match self.watch_lease(&session.client, &ahead_lease, timing).await {
                             Ok((watch, lease)) => {
                                 lease_changed = watch;
                                 leader = lease.held();
                                 if ahead_gone && leader.is_none() {
                                     // The leader stood down.
-                                    leader_left = LeaderLeft::Certainly;
+                                    leader_left = LeaderLeft::Certainly { departed: ahead.clone(), path: LeadPath::Shortcut };
                                     break;
                                 }
                             }
@@ -390,13 +499,14 @@ impl Machine {
                         if ahead_gone {
                             // Its node went long ago, and by now it has
                             // demoted itself: its lease node is litter.
+                            // Best effort: a read tells whether it went.
                             self.clear_stale_lease(session, &ahead_lease, &lease).await;
-                            leader_left = LeaderLeft::Certainly;
+                            leader_left = LeaderLeft::Maybe;
                             break;
                         }
                         match self.take_over(session, node, &parent, &ahead_path, &ahead_lease, &lease).await? {
                             Takeover::Done => {
-                                leader_left = LeaderLeft::Certainly;
+                                leader_left = LeaderLeft::Certainly { departed: ahead.clone(), path: LeadPath::Takeover };
                                 break;
                             }
                             // Its lease went; its node may not have: look.
@@ -411,6 +521,74 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Watches the lease node of the node ahead. If it exists (the node
+    /// ahead leads), also reads it: `Some` lease, and a watch that fires on
+    /// the next renewal. If not, a watch that fires when it is created.
+    /// Every version read feeds the takeover timer's first sights and the
+    /// clock-rate check.
+    async fn watch_lease(
+        &mut self,
+        client: &zk::Client,
+        path: &str,
+        timing: Timing,
+    ) -> Result<(WatchFuture, AheadLease), zk::Error> {
+        loop {
+            match client.get_and_watch_data(path).await {
+                Ok((data, stat, watcher)) => {
+                    // A lease node we cannot read is still a lease node:
+                    // assume a deadline as long as our own session timeout
+                    // (never our own, maybe shorter, lease).
+                    let record = LeaseRecord::from_bytes(&data);
+                    let deadline = record
+                        .as_ref()
+                        .map_or(timing.session_timeout, |record| Duration::from_millis(record.deadline_ms));
+                    let seen_at = self.first_seen.first_seen(path, stat.czxid, stat.version, Instant::now());
+                    if let Some(record) = &record {
+                        self.note_renewal(path, stat.czxid, stat.version, seen_at, record);
+                    }
+                    let lease = LeaderLease { version: stat.version, czxid: stat.czxid, seen_at, deadline };
+                    return Ok((Box::pin(watcher.changed()), AheadLease::Held(lease)));
+                }
+                Err(zk::Error::NoNode) => match client.check_and_watch_stat(path).await? {
+                    (None, watcher) => return Ok((Box::pin(watcher.changed()), AheadLease::Absent)),
+                    // Created in between: read it.
+                    (Some(_), _) => continue,
+                },
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Feeds one lease version seen to the clock-rate check; logs a
+    /// sustained skew once per process and publishes every estimate.
+    fn note_renewal(&mut self, path: &str, czxid: i64, version: i32, seen_at: Instant, record: &LeaseRecord) {
+        let refresh = Duration::from_millis(record.refresh_ms);
+        let ratio = match self.clock_rate.saw(path, czxid, refresh, version, seen_at) {
+            RateNews::Quiet => return,
+            RateNews::Estimate(ratio) => ratio,
+            RateNews::Skew(ratio) => {
+                if !self.clock_skew_logged {
+                    self.clock_skew_logged = true;
+                    warn!(
+                        event = "clock_rate_skew",
+                        ratio,
+                        leader = %record.node,
+                        "the leader's renewals come at a rate that differs from its recorded refresh by more than 5% on our clock: the clocks of these hosts run at different rates, outside what the election assumes (see docs/election.md)"
+                    );
+                }
+                ratio
+            }
+        };
+        *self.shared.clock_rate.lock().unwrap() = Some(ratio);
+    }
+
+    /// How much longer than its own deadline says a leader may take to
+    /// demote itself, by our clock: the measured clock-rate ratio, when the
+    /// leader's clock runs slower than ours.
+    fn takeover_stretch(&self) -> f64 {
+        self.clock_rate.ratio().unwrap_or(1.0).max(1.0)
     }
 
     /// Logs, once per process, that the leader's lease (its deadline, as its
@@ -449,20 +627,27 @@ impl Machine {
         lease_path: &str,
         lease: &LeaderLease,
     ) -> Result<Takeover, Exit> {
-        let renewed =
-            |version: i32| Takeover::Renewed(LeaderLease { version, seen_at: Instant::now(), ..*lease });
+        // Nothing new learned: the takeover timer keeps its first sight
+        // (a retry comes right away, after a round trip).
+        let unchanged = Takeover::Renewed(*lease);
         let sync = session.client.sync(parent);
         let read = session.client.check_stat(lease_path);
         let current = match (sync.await, read.await) {
             (Ok(()), Ok(stat)) => stat,
             (Err(err), _) | (_, Err(err)) => {
                 self.recover(session, err).await?;
-                return Ok(renewed(lease.version));
+                return Ok(unchanged);
             }
         };
         let Some(stat) = current else { return Ok(Takeover::Gone) };
-        if stat.version != lease.version {
-            return Ok(renewed(stat.version));
+        if stat.version != lease.version || stat.czxid != lease.czxid {
+            let seen_at = self.first_seen.first_seen(lease_path, stat.czxid, stat.version, Instant::now());
+            return Ok(Takeover::Renewed(LeaderLease {
+                version: stat.version,
+                czxid: stat.czxid,
+                seen_at,
+                ..*lease
+            }));
         }
         let mut multi = session.client.new_multi_writer();
         // Last, a check that our own node is still there: a takeover on a
@@ -473,7 +658,7 @@ impl Machine {
             .and_then(|()| multi.add_delete(lease_path, None))
             .and_then(|()| multi.add_check_version(&own.path, -1));
         if built.is_err() {
-            return Ok(renewed(lease.version));
+            return Ok(unchanged);
         }
         match multi.commit().await {
             Ok(_) => {
@@ -488,14 +673,15 @@ impl Machine {
                 Ok(Takeover::Done)
             }
             // The lease moved on (or went): the leader lives, or left.
+            // The next attempt reads the new version.
             Err(zk::MultiWriteError::OperationFailed { index: 0, source: zk::Error::BadVersion }) => {
-                Ok(renewed(lease.version))
+                Ok(unchanged)
             }
             Err(zk::MultiWriteError::OperationFailed { index: 3, .. }) => Ok(Takeover::OwnGone),
             Err(zk::MultiWriteError::OperationFailed { .. }) => Ok(Takeover::Gone),
             Err(zk::MultiWriteError::RequestFailed { source }) => {
                 self.recover(session, source).await?;
-                Ok(renewed(lease.version))
+                Ok(unchanged)
             }
         }
     }
@@ -511,7 +697,7 @@ impl Machine {
         lease: &str,
     ) -> Result<(), Exit> {
         let path = format!("{parent}/{lease}");
-        let (changed, held) = match watch_lease(&session.client, &path, session.timing).await {
+        let (changed, held) = match self.watch_lease(&session.client, &path, session.timing).await {
             Ok((changed, AheadLease::Held(held))) => (changed, held),
             Ok((_, AheadLease::Absent)) => return Ok(()),
             Err(err) => return self.recover(session, err).await,
@@ -522,6 +708,7 @@ impl Machine {
             mono_ns = clock::monotonic_ns(),
             "first in line, but an earlier leader's lease node is still there: waiting until it goes or its deadline passes"
         );
+        let takeover_at = held.takeover_at(self.takeover_stretch());
         tokio::select! {
             biased;
             state = session.link.changed() => {
@@ -531,7 +718,7 @@ impl Machine {
             }
             command = self.commands.recv() => self.defer(command)?,
             _ = changed => {}
-            _ = sleep_until(held.takeover_at().into()) => self.clear_stale_lease(session, &path, &held).await,
+            _ = sleep_until(takeover_at.into()) => self.clear_stale_lease(session, &path, &held).await,
         }
         Ok(())
     }
@@ -600,40 +787,4 @@ fn start_look(
     let client = client.clone();
     let (parent, own) = (parent.to_string(), own.to_string());
     Box::pin(async move { look(&client, &*clock, generation, &parent, &own, false).await })
-}
-
-/// Watches the lease node of the node ahead. If it exists (the node ahead
-/// leads), also reads it: `Some` lease, and a watch that fires on the next
-/// renewal. If not, a watch that fires when it is created.
-async fn watch_lease(
-    client: &zk::Client,
-    path: &str,
-    timing: Timing,
-) -> Result<(WatchFuture, AheadLease), zk::Error> {
-    loop {
-        match client.get_and_watch_data(path).await {
-            Ok((data, stat, watcher)) => {
-                // A lease node we cannot read is still a lease node: assume
-                // a deadline as long as our own session timeout (never our
-                // own, maybe shorter, lease).
-                let deadline = LeaseRecord::from_bytes(&data)
-                    .map_or(timing.session_timeout, |record| Duration::from_millis(record.deadline_ms));
-                let lease = LeaderLease { version: stat.version, seen_at: Instant::now(), deadline };
-                return Ok((Box::pin(watcher.changed()), AheadLease::Held(lease)));
-            }
-            Err(zk::Error::NoNode) => match client.check_and_watch_stat(path).await? {
-                (None, watcher) => return Ok((Box::pin(watcher.changed()), AheadLease::Absent)),
-                // Created in between: read it.
-                (Some(_), _) => continue,
-            },
-            Err(err) => return Err(err),
-        }
-    }
-}
-
-/// The first lease node among `children` that is not `own`'s: an earlier
-/// leader's, which has not stood down yet (or could not remove it).
-fn standing_lease(children: &[String], own: &OwnNode) -> Option<String> {
-    let ours = node::lease_name(&own.name);
-    children.iter().find(|c| node::is_lease_name(c) && Some(c.as_str()) != ours.as_deref()).cloned()
 }

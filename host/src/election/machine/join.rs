@@ -75,12 +75,21 @@ impl Machine {
                         kept = Some(OwnNode { name, path, sequence, term: Term(stat.czxid as u64) });
                     }
                     Ok(Some(stat)) => {
-                        info!(node = %name, owner = format_args!("{:#x}", stat.ephemeral_owner), "deleting an election node left by an earlier session of ours");
-                        match session.client.delete(&path, None).await {
-                            Ok(()) | Err(zk::Error::NoNode) => {}
-                            Err(err) => {
-                                self.recover(session, err).await?;
-                                continue 'attempt;
+                        info!(node = %name, owner = format_args!("{:#x}", stat.ephemeral_owner), "deleting an election node left by an earlier session of ours, and its lease node");
+                        // Its lease node goes too (after it): a lease node
+                        // without its election node holds the next in line
+                        // back until its deadline, and we do not lead on it.
+                        let lease = format!(
+                            "{parent}/{}",
+                            node::lease_name(&name).expect("participant nodes have a sequence")
+                        );
+                        for doomed in [&path, &lease] {
+                            match session.client.delete(doomed, None).await {
+                                Ok(()) | Err(zk::Error::NoNode) => {}
+                                Err(err) => {
+                                    self.recover(session, err).await?;
+                                    continue 'attempt;
+                                }
                             }
                         }
                     }

@@ -33,23 +33,36 @@ impl Machine {
         }
         let record = lease_record(node, &session.timing);
         let mut create = true;
+        // When the write that created our lease node was sent, once one came
+        // back: from then on the next in line counts down to a takeover, and
+        // every renewal restarts its count. Past our own deadline after it,
+        // give up rather than stall the line (see `give_up_lead`).
+        let mut created: Option<Stamp> = None;
+        let clock = self.shared.clock.clone();
         let proof = loop {
-            match start_renewal(
-                &session.client,
-                &self.config.access.acl,
-                self.shared.clock.clone(),
-                node,
-                &record,
-                create,
-            )
-            .await
-            {
+            let give_up_at = created.map(|at| session.timing.demote_at(at));
+            if give_up_at.is_some_and(|at| at.reached(clock.now())) {
+                return self.give_up_lead(session, node).await;
+            }
+            let renewal =
+                start_renewal(&session.client, &self.config.access.acl, clock.clone(), node, &record, create);
+            // Answer commands while a write is out: a slow link must not
+            // make a shutdown wait for it.
+            let result = tokio::select! {
+                result = renewal => result,
+                command = self.commands.recv() => return self.leave_before_leading(session, node, command).await,
+                _ = sleep_until(give_up_at.map_or_else(Instant::now, |at| at.instant(&*clock)).into()), if give_up_at.is_some() => {
+                    return self.give_up_lead(session, node).await;
+                }
+            };
+            match result {
                 // A write stamped before it sat out a reconnect can come back
                 // with its lease (nearly) spent: leading on it would mean
                 // demoting at once and rejoining at the back, a needless
-                // handover. Renew again instead.
+                // handover. Renew again instead (up to the limit above).
                 Ok(Renewal::Renewed(at)) if self.nearly_spent(session, at) => {
                     debug!("the lease node's write came back too late to lead on; renewing again");
+                    created.get_or_insert(at);
                     create = false;
                 }
                 Ok(Renewal::Renewed(at)) => break at,
@@ -62,12 +75,57 @@ impl Machine {
                 Err(err) => self.recover(session, err).await?,
             }
         };
+        self.lead_backoff.reset();
         if let Some((rejoin_after, done)) = self.resign_pending.take() {
             self.delete_own(session, node, true).await?;
             let _ = done.send(());
             return Ok(Rejoin::After(rejoin_after));
         }
         self.lead(session, node, proof, record).await
+    }
+
+    /// Our writes come back too late to lead on for longer than our own
+    /// deadline after the lease node was created: leading is not possible
+    /// from here now, and every renewal restarts the next in line's
+    /// takeover timer. Delete our election node and lease node in one
+    /// transaction (the next in line is told at once that we stood down),
+    /// and join again at the back of the line after a jittered backoff
+    /// that grows while this repeats.
+    async fn give_up_lead(&mut self, session: &mut Session, node: &OwnNode) -> Result<Rejoin, Exit> {
+        let delay = self.lead_backoff.next_delay();
+        warn!(
+            event = "lead_abandoned",
+            node = %node.name,
+            limit_ms = session.timing.deadline.as_millis() as u64,
+            rejoin_in_ms = delay.as_millis() as u64,
+            mono_ns = crate::clock::monotonic_ns(),
+            "our writes come back too late to lead on; leaving the head of the line to the next participant"
+        );
+        self.delete_own(session, node, true).await?;
+        Ok(Rejoin::After(delay))
+    }
+
+    /// A command came while we were about to lead: we never did, so there
+    /// is nothing to demote; remove our nodes (the lease node may exist)
+    /// and do what was asked.
+    async fn leave_before_leading(
+        &mut self,
+        session: &mut Session,
+        node: &OwnNode,
+        command: Option<Command>,
+    ) -> Result<Rejoin, Exit> {
+        match command {
+            Some(Command::Resign { rejoin_after, done }) => {
+                self.delete_own(session, node, true).await?;
+                let _ = done.send(());
+                Ok(Rejoin::After(rejoin_after))
+            }
+            Some(Command::Shutdown { done }) => {
+                let _ = self.delete_own(session, node, true).await;
+                Err(Exit::Shutdown(Some(done)))
+            }
+            None => Err(Exit::Shutdown(None)),
+        }
     }
 
     /// Whether a lease counted from `proof` would end within a refresh
@@ -272,7 +330,7 @@ impl Machine {
 
     /// Deletes our lease node (if any), riding out connection loss for as
     /// long as the session could still be alive.
-    async fn delete_lease(&mut self, session: &mut Session, node: &OwnNode) -> Result<(), Exit> {
+    pub(super) async fn delete_lease(&mut self, session: &mut Session, node: &OwnNode) -> Result<(), Exit> {
         let give_up = Instant::now() + session.timing.session_deadline();
         loop {
             match session.client.delete(&node.lease_path(), None).await {
@@ -343,5 +401,10 @@ fn start_renewal(
 
 /// What our lease node holds while we lead under `timing`.
 fn lease_record(node: &OwnNode, timing: &Timing) -> Vec<u8> {
-    LeaseRecord { node: node.name.clone(), deadline_ms: timing.deadline.as_millis() as u64 }.to_bytes()
+    LeaseRecord {
+        node: node.name.clone(),
+        deadline_ms: timing.deadline.as_millis() as u64,
+        refresh_ms: timing.refresh.as_millis() as u64,
+    }
+    .to_bytes()
 }
