@@ -861,25 +861,21 @@ fn a_takeover_timer_survives_reconnects() {
     leader.signal(libc::SIGSTOP);
     leader.wait_stopped();
     let frozen = std::time::Instant::now();
-    let resets = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let resetting = {
-        let resets = resets.clone();
-        let proxy = &proxy;
-        std::thread::scope(|scope| {
-            let reset_loop = scope.spawn(move || {
-                let mut n = 0;
-                while resets.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(500));
-                    proxy.reset();
-                    n += 1;
-                }
-                n
-            });
-            let elected = follower.log().wait(SOON, |e| e.kind() == "elected");
-            resets.store(false, std::sync::atomic::Ordering::Relaxed);
-            (elected, reset_loop.join().unwrap())
-        })
-    };
+    let resets = std::sync::atomic::AtomicBool::new(true);
+    let resetting = std::thread::scope(|scope| {
+        let reset_loop = scope.spawn(|| {
+            let mut n = 0;
+            while resets.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                proxy.reset();
+                n += 1;
+            }
+            n
+        });
+        let elected = follower.log().wait(SOON, |e| e.kind() == "elected");
+        resets.store(false, std::sync::atomic::Ordering::Relaxed);
+        (elected, reset_loop.join().unwrap())
+    });
     let (elected, n) = resetting;
     let took = frozen.elapsed();
     leader.signal(libc::SIGCONT);
