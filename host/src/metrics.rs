@@ -177,7 +177,8 @@ impl Metrics {
     /// the encoder writes label values as they are.
     pub fn plugin_loaded(&self, name: &str, sha256: &str) {
         self.plugin_info.clear();
-        let label = PluginLabel { name: crate::text::label_value(name), sha256: crate::text::label_value(sha256) };
+        let label =
+            PluginLabel { name: crate::text::label_value(name), sha256: crate::text::label_value(sha256) };
         self.plugin_info.get_or_create(&label).set(1);
     }
 

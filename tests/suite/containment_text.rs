@@ -25,7 +25,14 @@ fn one_server() -> Ensemble {
 }
 
 /// `zkrun run` in the given log format, running `plugin` with `extra`.
-fn zkrun(ensemble: &Ensemble, format: &str, election: &str, id: &str, plugin: &Path, extra: &[&str]) -> Process {
+fn zkrun(
+    ensemble: &Ensemble,
+    format: &str,
+    election: &str,
+    id: &str,
+    plugin: &Path,
+    extra: &[&str],
+) -> Process {
     let args = participant_args(&ensemble.connect_string(), election, plugin, "200ms", "4s", extra);
     let mut command = Command::new(paths::zkrun_binary());
     command.args(["run", "--log-format", format, "--id", id]).args(&args);
@@ -64,16 +71,23 @@ fn a_giant_hook_error_or_resign_reason_is_cut_escaped_and_charged() {
         assert!(longest < 64 * KIB, "{format}/{mode}: a line of {longest} bytes");
         // The output budget (256 KiB/s by default) holds, with room for
         // zkrun's own lines; unbounded, this was 20 MB a line.
-        assert!(bytes < 256 * KIB * (seconds as usize + 2), "{format}/{mode}: {bytes} bytes in {seconds:.1} s");
+        assert!(
+            bytes < 256 * KIB * (seconds as usize + 2),
+            "{format}/{mode}: {bytes} bytes in {seconds:.1} s"
+        );
         for line in &lines {
             let raw = &line.raw;
-            assert!(!raw.contains('\u{1b}') && !raw.contains('\u{7}'), "{format}/{mode}: a raw control: {raw:.200}");
+            assert!(
+                !raw.contains('\u{1b}') && !raw.contains('\u{7}'),
+                "{format}/{mode}: a raw control: {raw:.200}"
+            );
             // The forged line only ever appears inside the escaped text.
             if raw.contains("victim") {
                 assert!(raw.contains("boom\\"), "{format}/{mode}: a forged line: {raw:.200}");
             }
         }
-        let told = lines.iter().find(|e| e.raw.contains(word) && e.raw.contains("boom")).expect("the text told");
+        let told =
+            lines.iter().find(|e| e.raw.contains(word) && e.raw.contains("boom")).expect("the text told");
         assert!(told.raw.contains("[truncated "), "{format}/{mode}: {:.300}", told.raw);
     }
 }
@@ -156,7 +170,11 @@ fn resign_churn_writes_no_faster_than_the_elections_state_rates() {
     assert!((bytes as f64) <= max_bytes, "{bytes} bytes in {seconds:.1} s, over {max_bytes}");
     assert!((writes as f64) <= max_writes, "{writes} writes in {seconds:.1} s, over {max_writes}");
     // Later terms were refused by the rate the earlier ones used.
-    let refused = p.events().iter().filter(|e| e.kind() == "plugin_log" && e.message().contains("quota exceeded")).count();
+    let refused = p
+        .events()
+        .iter()
+        .filter(|e| e.kind() == "plugin_log" && e.message().contains("quota exceeded"))
+        .count();
     assert!(refused >= 1, "{}", p.dump());
 }
 
@@ -252,8 +270,10 @@ fn status_and_watch_escape_node_data_from_other_clients() {
 #[test]
 fn plugin_failed_carries_the_guests_own_panic_message() {
     let ensemble = one_server();
-    let p = zkrun(&ensemble, "json", "/zkrun/containment/last-words", "panicky", &paths::plugin("panic"), &[]);
-    let failed = p.wait_event("plugin_failed", SOON, |e| e.kind() == "plugin_failed" && e.str("kind") == "trap");
+    let p =
+        zkrun(&ensemble, "json", "/zkrun/containment/last-words", "panicky", &paths::plugin("panic"), &[]);
+    let failed =
+        p.wait_event("plugin_failed", SOON, |e| e.kind() == "plugin_failed" && e.str("kind") == "trap");
     let error = failed.str("error");
     assert!(error.contains("refusing term") && error.contains("on purpose"), "{error}");
     assert!(error.contains("panicked at"), "{error}");

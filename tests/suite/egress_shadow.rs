@@ -15,8 +15,14 @@ const SOON: Duration = Duration::from_secs(30);
 fn smuggler(ensemble: &Ensemble, election: &str, id: &str, urls: &[String], grant: &str) -> Process {
     let urls = format!("urls={}", urls.join(" "));
     let extra = ["--plugin-config", urls.as_str(), "--allow-http", grant];
-    let args =
-        participant_args(&ensemble.connect_string(), election, &paths::plugin("smuggler"), "300ms", "4s", &extra);
+    let args = participant_args(
+        &ensemble.connect_string(),
+        election,
+        &paths::plugin("smuggler"),
+        "300ms",
+        "4s",
+        &extra,
+    );
     let p = Process::zkrun(id, &args);
     p.wait_event("joined", SOON, |e| e.kind() == "joined");
     p
@@ -47,9 +53,11 @@ fn stamps_cannot_be_shadowed_by_look_alike_headers_or_trailers() {
     for arrival in &arrivals {
         assert_eq!(arrival.body, "smuggled", "{arrival:?}");
         // Exactly one of each stamp, and it is zkrun's.
-        for (stamp, value) in
-            [("zkrun-term", term.to_string()), ("zkrun-election", election.into()), ("zkrun-participant", "honest".into())]
-        {
+        for (stamp, value) in [
+            ("zkrun-term", term.to_string()),
+            ("zkrun-election", election.into()),
+            ("zkrun-participant", "honest".into()),
+        ] {
             let same: Vec<&(String, String)> = arrival
                 .headers
                 .iter()

@@ -340,7 +340,11 @@ impl Egress {
             ));
         }
         if request.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(self.refuse(&url, "the URL carries a user name or password", Error::HttpRequestDenied));
+            return Err(self.refuse(
+                &url,
+                "the URL carries a user name or password",
+                Error::HttpRequestDenied,
+            ));
         }
         if let Err(why) = judge_path(request.uri().path()) {
             return Err(self.refuse(&url, why, Error::HttpRequestDenied));
@@ -388,7 +392,8 @@ impl Egress {
     /// refused requests cannot flood the log) and returns what the guest sees.
     fn refuse(&mut self, url: &str, why: &str, error: Error) -> Error {
         let now = Instant::now();
-        let new_reason = self.reasons_logged.len() < REASONS_LOGGED && !self.reasons_logged.iter().any(|r| r == why);
+        let new_reason =
+            self.reasons_logged.len() < REASONS_LOGGED && !self.reasons_logged.iter().any(|r| r == why);
         if new_reason {
             self.reasons_logged.push(why.to_string());
         } else if self.last_refusal_logged.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {

@@ -708,7 +708,9 @@ impl Instance {
 /// output budget.
 fn told(output: &sandbox::Output, failure: HookFailure) -> HookFailure {
     match failure {
-        HookFailure::Returned { hook, message } => HookFailure::Returned { hook, message: output.charge(&message) },
+        HookFailure::Returned { hook, message } => {
+            HookFailure::Returned { hook, message: output.charge(&message) }
+        }
         HookFailure::Trapped { hook, message } => {
             let message = match output.last_words() {
                 Some(words) => format!("{message}; the plugin said: {words}"),

@@ -104,14 +104,23 @@ struct Buckets {
 impl WriteRate {
     /// Full buckets for `quota`'s rates.
     pub fn new(quota: StateQuota) -> WriteRate {
-        let buckets =
-            Buckets { writes: f64::from(quota.max_writes_per_second), bytes: byte_burst(quota), refilled: Instant::now() };
+        let buckets = Buckets {
+            writes: f64::from(quota.max_writes_per_second),
+            bytes: byte_burst(quota),
+            refilled: Instant::now(),
+        };
         WriteRate { buckets: Arc::new(Mutex::new(buckets)) }
     }
 
     /// Takes one write of `len` value bytes at `now`, or says which rate it
     /// would exceed (taking nothing).
-    fn take(&self, quota: StateQuota, len: usize, now: Instant, also: impl FnOnce() -> Result<(), StateError>) -> Result<(), StateError> {
+    fn take(
+        &self,
+        quota: StateQuota,
+        len: usize,
+        now: Instant,
+        also: impl FnOnce() -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
         let mut b = self.buckets.lock().unwrap();
         let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
         let writes = f64::from(quota.max_writes_per_second);
@@ -157,7 +166,11 @@ pub struct Usage {
 impl Usage {
     /// Usage of a state that holds `sizes` (key, value length), writing
     /// within the election's `rate`.
-    pub fn new(quota: StateQuota, sizes: impl IntoIterator<Item = (String, usize)>, rate: WriteRate) -> Usage {
+    pub fn new(
+        quota: StateQuota,
+        sizes: impl IntoIterator<Item = (String, usize)>,
+        rate: WriteRate,
+    ) -> Usage {
         let sizes: std::collections::HashMap<String, usize> = sizes.into_iter().collect();
         let bytes = sizes.values().sum();
         Usage { quota, sizes, bytes, rate }
@@ -172,7 +185,10 @@ impl Usage {
         let within_quota = || {
             let Some(len) = len else { return Ok(()) };
             if old.is_none() && sizes.len() >= quota.max_keys {
-                return Err(StateError::QuotaExceeded(format!("the state holds {} keys already", quota.max_keys)));
+                return Err(StateError::QuotaExceeded(format!(
+                    "the state holds {} keys already",
+                    quota.max_keys
+                )));
             }
             let bytes = held - old.unwrap_or(0) + len;
             if len > old.unwrap_or(0) && bytes > quota.max_bytes {
@@ -258,7 +274,8 @@ mod tests {
 
     #[test]
     fn the_quota_caps_keys_bytes_and_rate() {
-        let quota = StateQuota { max_keys: 2, max_bytes: 100, max_writes_per_second: 5, ..StateQuota::default() };
+        let quota =
+            StateQuota { max_keys: 2, max_bytes: 100, max_writes_per_second: 5, ..StateQuota::default() };
         let start = Instant::now();
         let mut usage = Usage::new(quota, [("a".to_string(), 60)], WriteRate::new(quota));
         // Bytes: growing past 100 is refused, shrinking is not.
@@ -281,7 +298,8 @@ mod tests {
 
     #[test]
     fn the_rates_belong_to_the_election_not_the_term() {
-        let quota = StateQuota { max_writes_per_second: 10, max_bytes_per_second: 100_000, ..StateQuota::default() };
+        let quota =
+            StateQuota { max_writes_per_second: 10, max_bytes_per_second: 100_000, ..StateQuota::default() };
         let rate = WriteRate::new(quota);
         let start = Instant::now();
         let value = MAX_VALUE;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 use zookeeper_client as zk;
 
-use super::{Entry, StateError, StateFuture, StateQuota, StateStore, Usage, WriteRate, check_key, check_value};
+use super::{
+    Entry, StateError, StateFuture, StateQuota, StateStore, Usage, WriteRate, check_key, check_value,
+};
 use crate::election::Fence;
 
 /// Test-only fault injection: a pause between deciding to write and sending
