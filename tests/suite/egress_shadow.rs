@@ -95,7 +95,7 @@ fn paths_a_server_would_normalise_are_refused_logged_and_denied() {
     let p = smuggler(&ensemble, "/zkrun/egress/paths", "paths", &urls, &grant);
     p.wait_event("elected", SOON, |e| e.kind() == "elected");
     for url in &refused {
-        assert_eq!(outcome(&p, url), "error HttpRequestDenied", "{url}");
+        assert_eq!(outcome(&p, url), "error ErrorCode::HttpRequestDenied", "{url}");
         // Each form is logged (its first refusal in a term, at once).
         p.wait_event(&format!("the refusal of {url}"), SOON, |e: &Event| {
             e.kind() == "http_refused" && e.str("url").contains("/v1") && e.str("url") == url.as_str()
