@@ -25,5 +25,6 @@ pub mod plugin;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod text;
 pub mod zkconnect;
 pub mod zkpath;

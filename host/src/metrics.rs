@@ -180,10 +180,14 @@ impl Metrics {
         self.plugin_failures.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// Shows which plugin runs now (at start and after every reload).
+    /// Shows which plugin runs now (at start and after every reload). The
+    /// name comes from the plugin's file: its label value is escaped, as
+    /// the encoder writes label values as they are.
     pub fn plugin_loaded(&self, name: &str, sha256: &str) {
         self.plugin_info.clear();
-        self.plugin_info.get_or_create(&PluginLabel { name: name.into(), sha256: sha256.into() }).set(1);
+        let label =
+            PluginLabel { name: crate::text::label_value(name), sha256: crate::text::label_value(sha256) };
+        self.plugin_info.get_or_create(&label).set(1);
     }
 
     /// The supervisor loop went round: it is responsive.

@@ -405,8 +405,40 @@ pub fn warn_same_id(
     });
 }
 
-/// Renders the status as a table for people.
+/// Renders the status as a table for people. Every text from node data
+/// (which any ZooKeeper client with access may have written) has its
+/// control characters escaped first: it cannot forge a row or drive the
+/// operator's terminal.
 pub fn render(status: &ElectionStatus) -> String {
+    render_escaped(&escaped(status))
+}
+
+/// `status` with every text taken from ZooKeeper passed through
+/// [`crate::text::escape_controls`].
+fn escaped(status: &ElectionStatus) -> ElectionStatus {
+    let clean = |s: &str| crate::text::escape_controls(s).into_owned();
+    let clean_opt = |s: &Option<String>| s.as_deref().map(clean);
+    ElectionStatus {
+        election: clean(&status.election),
+        exists: status.exists,
+        participants: status
+            .participants
+            .iter()
+            .map(|m| Member {
+                id: clean(&m.id),
+                host: clean_opt(&m.host),
+                plugin: clean_opt(&m.plugin),
+                sha256: clean_opt(&m.sha256),
+                version: clean_opt(&m.version),
+                node: clean(&m.node),
+                session: clean(&m.session),
+                ..m.clone()
+            })
+            .collect(),
+    }
+}
+
+fn render_escaped(status: &ElectionStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     if !status.exists {
@@ -484,6 +516,33 @@ fn describe(lease: &LeaseStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_data_cannot_forge_a_row_or_reach_the_terminal() {
+        let stat = zk::Stat {
+            czxid: 42,
+            mzxid: 42,
+            pzxid: 42,
+            ctime: 0,
+            mtime: 0,
+            version: 0,
+            cversion: 0,
+            aversion: 0,
+            ephemeral_owner: 7,
+            data_length: 0,
+            num_children: 0,
+        };
+        let forged = b"evil\x1b[2K\r  0  leader    zkrun  victim\x07\n";
+        let status = ElectionStatus {
+            election: "/e".into(),
+            exists: true,
+            participants: vec![member(0, 1, "latch-0000000001", forged, &stat)],
+        };
+        let text = render(&status);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("evil\\u{1b}[2K\\r"), "{text}");
+    }
 
     #[test]
     fn a_lease_is_fresh_within_its_lease_then_suspended_then_lapsed() {

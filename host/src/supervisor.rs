@@ -38,7 +38,7 @@ use crate::plugin::{
     self, Facts, Hook, HookFailure, Instance, Interrupter, LoadError, Permit, Plugin, Runtime,
 };
 use crate::state::zookeeper::FencedStore;
-use crate::state::{StateQuota, StateStore};
+use crate::state::{StateQuota, StateStore, WriteRate};
 
 /// What the process asks of the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +94,20 @@ struct Lead {
     instance: Option<Instance>,
     suspended: bool,
     next_tick: Instant,
+    /// When this term began on this host (a reload or a replaced instance
+    /// keeps it): only a term that ran well for [`HEALTHY_TERM`] clears the
+    /// backoff.
+    since: Instant,
 }
+
+/// How long a term must run, ticking without failing or resigning, before
+/// the rejoin backoff starts over: a plugin that resigns or fails early in
+/// every term keeps backing off, whatever it did in between.
+const HEALTHY_TERM: Duration = Duration::from_secs(30);
+/// The first ceiling of the rejoin backoff after a failure or a resign.
+const FIRST_REJOIN: Duration = Duration::from_secs(1);
+/// The last ceiling of the rejoin backoff.
+const MAX_REJOIN: Duration = Duration::from_secs(60);
 
 /// A hook running in its own task, so the supervisor stays responsive.
 struct Running {
@@ -142,6 +155,9 @@ pub struct Supervisor {
     started: Instant,
     metrics: Arc<Metrics>,
     notifier: Notifier,
+    /// The election's state write rates: one for the life of the process,
+    /// so no resign, reload or failover refills them.
+    state_rate: WriteRate,
 }
 
 impl Supervisor {
@@ -157,6 +173,7 @@ impl Supervisor {
         // twice in a row (an interrupted hook, then on-demoted).
         let metrics = Metrics::new(runtime.config().hook_timeout * 2 + Duration::from_secs(10));
         metrics.plugin_loaded(plugin.name(), plugin.sha256());
+        let settings_quota = settings.state_quota;
         Supervisor {
             election,
             events,
@@ -169,10 +186,11 @@ impl Supervisor {
             reload_again: false,
             reload_pending: None,
             joined: false,
-            failures: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            failures: Backoff::new(FIRST_REJOIN, MAX_REJOIN),
             started: Instant::now(),
             metrics,
             notifier: Notifier::from_env(),
+            state_rate: WriteRate::new(settings_quota),
         }
     }
 
@@ -346,6 +364,10 @@ impl Supervisor {
             election: self.settings.election.clone(),
         };
         let state = self.term_state(term);
+        let since = match &self.job {
+            Job::Leading(lead) if lead.term == term => lead.since,
+            _ => Instant::now(),
+        };
         self.job = Job::Leading(Lead {
             term,
             facts: facts.clone(),
@@ -353,6 +375,7 @@ impl Supervisor {
             instance: None,
             suspended: false,
             next_tick: Instant::now(),
+            since,
         });
         let runtime = self.runtime.clone();
         let plugin = self.plugin.clone();
@@ -376,7 +399,12 @@ impl Supervisor {
     /// The fenced state of `term`, while the election holds its fence.
     fn term_state(&self, term: Term) -> Option<Arc<dyn StateStore>> {
         let fence = self.election.fence().filter(|fence| fence.term == term)?;
-        let store = FencedStore::with_quota(fence, &self.settings.election, self.settings.state_quota);
+        let store = FencedStore::with_rate(
+            fence,
+            &self.settings.election,
+            self.settings.state_quota,
+            self.state_rate.clone(),
+        );
         Some(CountedStore::wrap(Arc::new(store), self.metrics.clone()))
     }
 
@@ -432,7 +460,8 @@ impl Supervisor {
         match result {
             Ok(()) => {
                 let mut instance = instance.expect("a hook that succeeded returns its instance");
-                if hook == Hook::Tick {
+                let resignation = instance.take_resignation();
+                if hook == Hook::Tick && resignation.is_none() && lead.since.elapsed() >= HEALTHY_TERM {
                     self.failures.reset();
                 }
                 // The first tick follows on-elected at once; a slow tick
@@ -441,18 +470,23 @@ impl Supervisor {
                     Hook::Tick => (started + self.settings.tick).max(Instant::now()),
                     _ => Instant::now(),
                 };
-                if let Some(reason) = instance.take_resignation() {
+                if let Some(reason) = resignation {
                     let (term, state) = (lead.term, lead.state.clone());
+                    // Resigns back off like failures: a plugin that resigns
+                    // in every term cannot make terms (and their ZooKeeper
+                    // writes) as fast as the ensemble can elect.
+                    let rejoin_after = self.rejoin_delay();
                     info!(
                         event = "resigning",
                         id = self.settings.participant,
                         term = term.0,
                         reason,
+                        rejoin_in_ms = rejoin_after.as_millis() as u64,
                         "the plugin asked to give up leadership"
                     );
                     self.job = Job::Idle;
                     self.deliver_demoted(Some(instance), term, state, plugin::DemoteReason::Resigned).await;
-                    self.election.resign(Duration::ZERO).await;
+                    self.election.resign(rejoin_after).await;
                     return;
                 }
                 lead.instance = Some(instance);
@@ -534,7 +568,7 @@ impl Supervisor {
 
     /// A broken job must not pin the lead to this host.
     async fn plugin_failed(&mut self, term: Term, state: Option<Arc<dyn StateStore>>, failure: HookFailure) {
-        let rejoin_after = self.failures.next_delay().max(Duration::from_millis(500));
+        let rejoin_after = self.rejoin_delay();
         self.metrics.plugin_failed(failure.kind());
         error!(
             event = "plugin_failed",
@@ -549,6 +583,15 @@ impl Supervisor {
         );
         self.deliver_demoted(None, term, state, plugin::DemoteReason::PluginFailed).await;
         self.election.resign(rejoin_after).await;
+    }
+
+    /// How long to stay out of the election after a failure or a resign:
+    /// the backoff's jittered delay, but never less than half its ceiling,
+    /// so that jitter cannot let churn through (at most 7 terms in the
+    /// first minute of churn, then 2 a minute).
+    fn rejoin_delay(&mut self) -> Duration {
+        let ceiling = FIRST_REJOIN.saturating_mul(1 << self.failures.attempts().min(16)).min(MAX_REJOIN);
+        self.failures.next_delay().max(ceiling / 2)
     }
 
     /// SIGHUP: compile the plugin from disk on another thread; the running
@@ -634,6 +677,7 @@ impl Supervisor {
                     instance: None,
                     suspended: true,
                     next_tick: Instant::now(),
+                    since: Instant::now(),
                 });
             }
         }

@@ -27,6 +27,10 @@ pub struct Arrival {
     pub election: Option<String>,
     /// The body.
     pub body: String,
+    /// Every header, as received.
+    pub headers: Vec<(String, String)>,
+    /// The trailers of a chunked body, as received.
+    pub trailers: Vec<(String, String)>,
     /// Whether the receiver refused it for a stale term.
     pub refused: bool,
 }
@@ -117,7 +121,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
         Err(_) => return,
     };
     let mut reader = BufReader::new(stream);
-    while let Some((path, headers, body)) = read_request(&mut reader) {
+    while let Some(Request { path, headers, body, trailers }) = read_request(&mut reader) {
         let header =
             |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
         let term = header("zkrun-term").and_then(|t| t.parse::<u64>().ok());
@@ -140,6 +144,8 @@ fn serve(stream: TcpStream, shared: &Shared) {
                 participant: header("zkrun-participant"),
                 election: header("zkrun-election"),
                 body: String::from_utf8_lossy(&body).into_owned(),
+                headers: headers.clone(),
+                trailers,
                 refused,
             });
             refused
@@ -172,9 +178,16 @@ fn client_hangs_up_within(stream: &TcpStream, hold: Duration) -> bool {
     closed
 }
 
-type Request = (String, Vec<(String, String)>, Vec<u8>);
+/// One request as read off the wire.
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+}
 
-/// Reads one request (head, then a content-length or chunked body).
+/// Reads one request (head, then a content-length or chunked body, and a
+/// chunked body's trailers).
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut head = Vec::new();
     loop {
@@ -200,21 +213,33 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let value =
         |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
     let mut body = Vec::new();
+    let mut trailers = Vec::new();
     if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size).ok()?;
             let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).ok()?;
             if size == 0 {
+                // Trailer lines, up to an empty line.
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).ok()?;
+                    let line = line.trim_end_matches(['\r', '\n']);
+                    if line.is_empty() {
+                        break;
+                    }
+                    let (name, value) = line.split_once(':')?;
+                    trailers.push((name.trim().to_string(), value.trim().to_string()));
+                }
                 break;
             }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
             body.extend_from_slice(&chunk[..size]);
         }
     } else if let Some(length) = value("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
         body.resize(length, 0);
         reader.read_exact(&mut body).ok()?;
     }
-    Some((path, headers, body))
+    Some(Request { path, headers, body, trailers })
 }

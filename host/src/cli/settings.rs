@@ -133,6 +133,9 @@ pub struct RunArgs {
     /// Most fenced-state writes per second [default: 100]
     #[arg(long, value_name = "N")]
     pub state_max_writes: Option<u32>,
+    /// Most bytes of values written to the fenced state per second, e.g. 128KiB [default: 128KiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub state_max_bytes_per_second: Option<usize>,
     /// Plugin configuration entry (repeatable)
     #[arg(long = "plugin-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub plugin_config: Vec<(String, String)>,
@@ -200,6 +203,7 @@ struct StateSection {
     max_keys: Option<usize>,
     max_bytes: Option<String>,
     max_writes_per_second: Option<u32>,
+    max_bytes_per_second: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,9 +361,18 @@ impl RunArgs {
                 .state_max_writes
                 .or(file.state.max_writes_per_second)
                 .unwrap_or(defaults.max_writes_per_second),
+            max_bytes_per_second: match (self.state_max_bytes_per_second, file.state.max_bytes_per_second) {
+                (Some(n), _) => n,
+                (None, Some(t)) => parse_bytes(&t)
+                    .map_err(|e| format!("{}: {e}", in_file("[state] max-bytes-per-second")))?,
+                (None, None) => defaults.max_bytes_per_second,
+            },
         };
         if state_quota.max_writes_per_second == 0 {
             return Err("the state write rate must be at least 1 per second".into());
+        }
+        if state_quota.max_bytes_per_second == 0 {
+            return Err("the state byte rate must be at least 1 byte per second".into());
         }
 
         let mut plugin_config = file.plugin.config;

@@ -10,7 +10,12 @@
 //!   deadline, its end and shutdown drop the connection at once.
 //! - Everything that leaves carries the fencing token: `zkrun-term`,
 //!   `zkrun-election` and `zkrun-participant` are set by the host, replacing
-//!   whatever the guest set, so a receiver can refuse a deposed leader.
+//!   whatever the guest set, so a receiver can refuse a deposed leader. They
+//!   cannot be shadowed: guest headers that name a stamp once `_` reads as
+//!   `-` (as CGI/WSGI receivers fold them) are dropped, and so are the
+//!   guest's trailers and its `Trailer` header.
+//! - URLs are judged as servers read them ([`judge_path`]), and `Host` is
+//!   rebuilt from the normalised host and port.
 //! - Bounded: a per-request timeout (never past the hook's deadline), a cap
 //!   on the response body, a cap on requests in flight per instance.
 //!
@@ -90,8 +95,8 @@ impl FromStr for HttpPrefix {
         }
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path = if uri.path().is_empty() { "/".to_string() } else { uri.path().to_string() };
-        if has_dot_segments(&path) {
-            return Err(bad("the path must not contain . or .. segments"));
+        if let Err(why) = judge_path(&path) {
+            return Err(bad(why));
         }
         Ok(HttpPrefix { https, host, port, path })
     }
@@ -128,18 +133,78 @@ fn normal_host(host: &str) -> String {
     host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
 }
 
-/// Whether `path` could climb out of a prefix once the receiver normalises
-/// it: `.` or `..` segments, spelled plainly or percent-encoded, and encoded
-/// slashes or backslashes that some servers decode into separators.
-fn has_dot_segments(path: &str) -> bool {
+/// Refuses a path that a server could read as something other than what
+/// it says, so that the grant's prefix check means what it seems to:
+/// `.`/`..` segments (plain or encoded), encoded separators and
+/// backslashes, `;` parameters (Tomcat and Jetty strip them, `..;`
+/// climbs), double (`%25`) and `%u` encoding, escapes that decode to
+/// overlong or broken UTF-8 (`%c0%ae`) or to control bytes (`%00`),
+/// malformed escapes, and empty segments (`//`). `Err` says why.
+fn judge_path(path: &str) -> Result<(), &'static str> {
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
-        return true;
+    if lower.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+        return Err("the path has encoded separators or backslashes");
     }
-    lower
-        .split('/')
-        .map(|segment| segment.replace("%2e", "."))
-        .any(|segment| segment == "." || segment == "..")
+    if lower.contains(';') || lower.contains("%3b") {
+        return Err("the path has ; parameters, which servers strip");
+    }
+    if lower.contains("%25") {
+        return Err("the path is percent-encoded twice (%25)");
+    }
+    if lower.contains("%u") {
+        return Err("the path uses %u encoding");
+    }
+    if path.contains("//") {
+        return Err("the path has empty segments (//)");
+    }
+    let decoded = percent_decode(path).ok_or("the path has a malformed % escape")?;
+    if decoded.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err("the path has NUL or control bytes");
+    }
+    let text = std::str::from_utf8(&decoded).map_err(|_| "the path decodes to overlong or broken UTF-8")?;
+    if text.split('/').any(|segment| segment == "." || segment == "..") {
+        return Err("the path has . or .. segments");
+    }
+    Ok(())
+}
+
+/// `text` with its `%XX` escapes decoded; `None` if one is malformed.
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Whether a guest header named `name` (lower case, as `http` keeps names)
+/// would read as one of the stamps at a receiver that folds `_` into `-`
+/// and ignores case, as CGI and WSGI do.
+fn shadows_a_stamp(name: &str) -> bool {
+    let folded = name.replace('_', "-");
+    [TERM_HEADER, ELECTION_HEADER, PARTICIPANT_HEADER].contains(&folded.as_str())
+}
+
+/// The `Host` header for `uri`, from its normalised host and port (the
+/// port left out when it is the scheme's default).
+fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
+    let https = uri.scheme() == Some(&Scheme::HTTPS);
+    let host = normal_host(uri.host()?);
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let value = match uri.port_u16() {
+        Some(port) if port != if https { 443 } else { 80 } => format!("{host}:{port}"),
+        _ => host,
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// How the plugin's requests are bounded.
@@ -198,7 +263,13 @@ pub struct Egress {
     may_send: bool,
     last_refusal_logged: Option<Instant>,
     refusals_unlogged: u64,
+    /// The reasons refused for already logged by this instance: the first
+    /// refusal for each reason is logged at once, whatever the rate limit.
+    reasons_logged: Vec<String>,
 }
+
+/// How many distinct reasons an instance logs at once, at most.
+const REASONS_LOGGED: usize = 16;
 
 /// At most one `http_refused` line per instance this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -216,6 +287,7 @@ impl Egress {
             may_send: false,
             last_refusal_logged: None,
             refusals_unlogged: 0,
+            reasons_logged: Vec::new(),
         }
     }
 
@@ -267,12 +339,15 @@ impl Egress {
                 Error::HttpRequestDenied,
             ));
         }
-        if has_dot_segments(request.uri().path()) {
+        if request.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(self.refuse(
                 &url,
-                "the path has . or .. segments or encoded separators",
+                "the URL carries a user name or password",
                 Error::HttpRequestDenied,
             ));
+        }
+        if let Err(why) = judge_path(request.uri().path()) {
+            return Err(self.refuse(&url, why, Error::HttpRequestDenied));
         }
         if !self.policy.allow.iter().any(|prefix| prefix.covers(request.uri())) {
             return Err(self.refuse(
@@ -285,7 +360,16 @@ impl Egress {
             let why = format!("{} requests are in flight already", self.policy.limits.max_in_flight);
             return Err(self.refuse(&url, &why, Error::ConnectionLimitReached));
         };
+        let host = host_header(request.uri()).ok_or(Error::HttpRequestUriInvalid)?;
         let headers = request.headers_mut();
+        // Nothing the guest sends may read as a stamp at the receiver.
+        let shadows: Vec<HeaderName> =
+            headers.keys().filter(|name| shadows_a_stamp(name.as_str())).cloned().collect();
+        for name in shadows {
+            headers.remove(name);
+        }
+        headers.remove(http::header::TRAILER);
+        headers.insert(http::header::HOST, host);
         for (name, value) in [
             (TERM_HEADER, stamp.term.to_string()),
             (ELECTION_HEADER, stamp.election),
@@ -296,21 +380,30 @@ impl Egress {
                 .map_err(|_| Error::InternalError(Some(format!("zkrun cannot stamp {name}"))))?;
             headers.insert(HeaderName::from_static(name), value);
         }
+        // No trailers at all: a receiver may read them as headers.
+        let body = std::mem::take(request.body_mut());
+        *request.body_mut() = body.map_frame(without_trailers).boxed_unsync();
         let limit = self.policy.limits.timeout.min(self.gate.remaining());
         Ok((fence, slot, limit))
     }
 
-    /// Logs a refusal (at most one line a second per instance, counting
-    /// the rest: a plugin looping on refused requests cannot flood the log)
-    /// and returns what the guest sees.
+    /// Logs a refusal (the first for each reason at once, then at most one
+    /// line a second per instance, counting the rest: a plugin looping on
+    /// refused requests cannot flood the log) and returns what the guest sees.
     fn refuse(&mut self, url: &str, why: &str, error: Error) -> Error {
         let now = Instant::now();
-        if self.last_refusal_logged.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
+        let new_reason =
+            self.reasons_logged.len() < REASONS_LOGGED && !self.reasons_logged.iter().any(|r| r == why);
+        if new_reason {
+            self.reasons_logged.push(why.to_string());
+        } else if self.last_refusal_logged.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
             self.refusals_unlogged += 1;
             return error;
         }
         self.last_refusal_logged = Some(now);
         let also = std::mem::take(&mut self.refusals_unlogged);
+        // The URL is the guest's: through the one door.
+        let url = crate::text::guest(url, crate::text::MAX_NAME * 8);
         tracing::warn!(
             event = "http_refused",
             plugin = &*self.log.plugin,
@@ -322,6 +415,11 @@ impl Egress {
         );
         error
     }
+}
+
+/// A body frame as it may leave: trailers become an empty data frame.
+fn without_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    if frame.is_trailers() { Frame::data(Bytes::new()) } else { frame }
 }
 
 type SendFuture = Box<
@@ -350,7 +448,7 @@ impl WasiHttpHooks for Egress {
             let flight = InFlight {
                 fence: fence.clone(),
                 log,
-                url: request.uri().to_string(),
+                url: crate::text::guest(&request.uri().to_string(), crate::text::MAX_NAME * 8),
                 _slot: slot,
                 answered: answered.clone(),
                 over: false,
@@ -685,11 +783,48 @@ mod tests {
     #[test]
     fn paths_that_climb_out_of_a_prefix_are_caught() {
         for path in ["/v1/../admin", "/v1/%2e%2E/admin", "/v1/./x", "/v1/..%2fadmin", "/v1\\..\\admin"] {
-            assert!(has_dot_segments(path), "{path}");
+            assert!(judge_path(path).is_err(), "{path}");
         }
-        for path in ["/v1/jobs", "/v1/a.b/..c", "/"] {
-            assert!(!has_dot_segments(path), "{path}");
+        for path in ["/v1/jobs", "/v1/a.b/..c", "/", "/v1/caf%C3%A9", "/v1/a%20b"] {
+            assert_eq!(judge_path(path), Ok(()), "{path}");
         }
+    }
+
+    #[test]
+    fn paths_are_judged_as_servers_read_them() {
+        for (path, why) in [
+            ("/v1/..;/admin", "; parameters"),
+            ("/v1;jsessionid=x/jobs", "; parameters"),
+            ("/v1/%3b/x", "; parameters"),
+            ("/v1/%252e%252e/admin", "twice (%25)"),
+            ("/v1/%u002e%u002e/admin", "%u encoding"),
+            ("/v1/%c0%ae%c0%ae/admin", "overlong"),
+            ("/v1/%e0%80%ae/admin", "overlong"),
+            ("/v1/.%00./admin", "NUL"),
+            ("/v1/%0d%0aX:y", "NUL"),
+            ("/v1//admin", "empty segments"),
+            ("/v1/%zz", "malformed"),
+            ("/v1/%2", "malformed"),
+        ] {
+            let refused = judge_path(path).unwrap_err();
+            assert!(refused.contains(why), "{path}: {refused}");
+        }
+    }
+
+    #[test]
+    fn stamps_cannot_be_shadowed_and_host_is_rebuilt() {
+        for name in ["zkrun-term", "zkrun_term", "zkrun_election", "zkrun-participant", "zkrun_participant"] {
+            assert!(shadows_a_stamp(name), "{name}");
+        }
+        for name in ["zkrun-terms", "x-zkrun-term", "term", "content-type"] {
+            assert!(!shadows_a_stamp(name), "{name}");
+        }
+        let host = |url: &str| host_header(&url.parse().unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
+        assert_eq!(host("http://API.Example.com:80/x"), "api.example.com");
+        assert_eq!(host("https://[::1]:9443/"), "[::1]:9443");
+        let frame = without_trailers(Frame::trailers(http::HeaderMap::new()));
+        assert!(frame.is_data());
     }
 
     #[test]

@@ -282,7 +282,8 @@ impl bindings::zkrun::plugin::host::Host for StoreState {
 
     async fn resign(&mut self, reason: String) -> wasmtime::Result<()> {
         self.gate.check()?;
-        self.resignation = Some(reason);
+        // Through the one door now: the reason reaches a log line later.
+        self.resignation = Some(self.output.charge(&reason));
         Ok(())
     }
 }
@@ -428,8 +429,12 @@ impl Runtime {
             .map_err(|e| validate::unsatisfied_import(&self.engine, path, &component, &e))?;
         let pre =
             JobPre::new(pre).map_err(|e| LoadError::Incompatible(path.into(), validate::first_line(&e)))?;
-        let name =
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into());
+        // The file's name is the plugin's name in logs, metrics and the
+        // election node: whoever named the file controls it.
+        let name = path
+            .file_stem()
+            .map(|s| crate::text::guest(&s.to_string_lossy(), crate::text::MAX_NAME))
+            .unwrap_or_else(|| "plugin".into());
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 name: Arc::from(name.as_str()),
@@ -513,7 +518,7 @@ impl Runtime {
                 timeout: self.config.hook_timeout,
                 plugin: plugin.clone(),
             }),
-            Err(error) => Err(classify(Hook::Instantiate, error)),
+            Err(error) => Err(told(&store.data().output, classify(Hook::Instantiate, error))),
         }
     }
 }
@@ -663,6 +668,7 @@ impl Instance {
         }
         let (permit, facts) = leader.unzip();
         self.store.data_mut().egress.enter_hook(facts);
+        self.store.data().output.hook_started();
         self.gate.open(self.timeout, permit);
         if let Err(stop) = self.gate.check() {
             // Refused before the guest ran (an interrupt or a lapsed permit
@@ -688,10 +694,31 @@ impl Instance {
             }
             Ok(Err(message)) => {
                 self.healthy = true;
-                Err(HookFailure::Returned { hook, message })
+                Err(told(&self.store.data().output, HookFailure::Returned { hook, message }))
             }
-            Err(error) => Err(classify(hook, error)),
+            Err(error) => Err(told(&self.store.data().output, classify(hook, error))),
         }
+    }
+}
+
+/// A failure as zkrun tells it: the guest's own text in it (its error
+/// string; a trap's message, which names guest functions, with what the
+/// guest last said on stderr, such as its panic message or the last line
+/// of its traceback) passes the one door and is charged to the instance's
+/// output budget.
+fn told(output: &sandbox::Output, failure: HookFailure) -> HookFailure {
+    match failure {
+        HookFailure::Returned { hook, message } => {
+            HookFailure::Returned { hook, message: output.charge(&message) }
+        }
+        HookFailure::Trapped { hook, message } => {
+            let message = match output.last_words() {
+                Some(words) => format!("{message}; the plugin said: {words}"),
+                None => message,
+            };
+            HookFailure::Trapped { hook, message: output.charge(&message) }
+        }
+        other => other,
     }
 }
 

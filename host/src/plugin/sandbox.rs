@@ -16,6 +16,7 @@ use wasmtime_wasi::{FsPerms, HostMonotonicClock, WasiCtx};
 
 use super::bindings::Level;
 use super::limits::Gate;
+use crate::text::{escape_controls, truncate};
 
 /// How much output one instance may produce, over `log()`, stdout and
 /// stderr together.
@@ -93,36 +94,6 @@ pub fn emit(context: &LogContext, stream: &'static str, level: Level, message: &
     }
 }
 
-/// `text` with every control character but tab escaped (`\n`, `\u{1b}`).
-fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
-        return text.into();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() && c != '\t' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out.into()
-}
-
-/// Cuts `text` to at most `max` bytes (on a character boundary), marking the
-/// cut with how much was left out.
-fn truncate(text: &str, max: usize, also_cut: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max && also_cut == 0 {
-        return text.into();
-    }
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let cut = text.len() - end + also_cut;
-    format!("{}… [truncated {cut} bytes]", &text[..end]).into()
-}
-
 /// The output of one instance: every `log()` message and every line of
 /// stdout and stderr goes through here, so the caps and rates hold across
 /// all three.
@@ -131,7 +102,16 @@ pub struct Output {
     context: LogContext,
     limits: OutputLimits,
     budget: Arc<Mutex<Budget>>,
+    /// The last lines the running hook wrote to stderr: where a guest's
+    /// panic message or traceback is, when it traps.
+    stderr_tail: Arc<Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// How many of the last stderr lines are kept for [`Output::last_words`].
+const STDERR_TAIL: usize = 8;
+
+/// How much of a guest's text is kept once its output budget is spent.
+const SPENT_BUDGET_CUT: usize = 256;
 
 /// Token buckets for lines and bytes, and what was dropped since the last
 /// report (which names the instance, so the budget keeps its context).
@@ -159,7 +139,53 @@ impl Output {
             dropped_bytes: 0,
             reported: None,
         };
-        Output { context, limits, budget: Arc::new(Mutex::new(budget)) }
+        Output { context, limits, budget: Arc::new(Mutex::new(budget)), stderr_tail: Arc::default() }
+    }
+
+    /// Guest text that zkrun prints on the plugin's behalf (a hook's error,
+    /// a resign reason, a trap message), through the one door
+    /// ([`crate::text::guest`]): cut at the line cap, escaped, and charged
+    /// to the output budget. Once the budget is spent it is cut much
+    /// shorter instead of dropped, since the event it belongs to must be told.
+    pub fn charge(&self, text: &str) -> String {
+        let line = crate::text::guest(text, self.limits.max_line);
+        if self.take(line.len()) {
+            line
+        } else {
+            crate::text::guest(text, SPENT_BUDGET_CUT.min(self.limits.max_line))
+        }
+    }
+
+    /// A new hook starts: what earlier hooks wrote to stderr is not its own.
+    pub fn hook_started(&self) {
+        self.stderr_tail.lock().unwrap().clear();
+    }
+
+    /// What the guest last said on stderr, as one line (unescaped: pass it
+    /// through [`Output::charge`]): a Rust panic's location and message, or
+    /// the last line of a Python traceback (the exception), else the last
+    /// line written.
+    pub fn last_words(&self) -> Option<String> {
+        let tail = self.stderr_tail.lock().unwrap();
+        let lines: Vec<&str> =
+            tail.iter().map(|l| l.trim()).filter(|l| !l.is_empty() && !l.starts_with("note: ")).collect();
+        // A Rust panic: "thread '…' panicked at src/lib.rs:13:9:", then the message.
+        if let Some(at) = lines.iter().rposition(|l| l.contains("panicked at")) {
+            return Some(lines[at..].join(" "));
+        }
+        lines.last().map(|l| l.to_string())
+    }
+
+    /// Takes `len` bytes and one line from the budget, if it holds them.
+    fn take(&self, len: usize) -> bool {
+        let mut budget = self.budget.lock().unwrap();
+        budget.refill(self.limits);
+        if budget.lines >= 1.0 && budget.bytes >= len as f64 {
+            budget.lines -= 1.0;
+            budget.bytes -= len as f64;
+            return true;
+        }
+        false
     }
 
     /// A `log()` call.
@@ -171,6 +197,13 @@ impl Output {
     /// it got here; dropped if over the rate.
     fn line(&self, stream: &'static str, level: Level, text: &str, already_cut: usize) {
         let text = truncate(text, self.limits.max_line, already_cut);
+        if stream == "stderr" {
+            let mut tail = self.stderr_tail.lock().unwrap();
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(text.to_string());
+        }
         if !self.admit(text.len()) {
             return;
         }
@@ -180,13 +213,7 @@ impl Output {
     /// Takes one line of `len` bytes from the budget, or counts it dropped.
     fn admit(&self, len: usize) -> bool {
         let mut budget = self.budget.lock().unwrap();
-        let now = Instant::now();
-        let elapsed = now.duration_since(budget.refilled).as_secs_f64();
-        budget.refilled = now;
-        let (max_lines, max_bytes) =
-            (f64::from(self.limits.lines_per_second), self.limits.bytes_per_second as f64);
-        budget.lines = (budget.lines + elapsed * max_lines).min(max_lines);
-        budget.bytes = (budget.bytes + elapsed * max_bytes).min(max_bytes);
+        let now = budget.refill(self.limits);
         if budget.lines >= 1.0 && budget.bytes >= len as f64 {
             budget.lines -= 1.0;
             budget.bytes -= len as f64;
@@ -203,6 +230,17 @@ impl Output {
 }
 
 impl Budget {
+    /// Adds what the rates gave since the last refill; returns now.
+    fn refill(&mut self, limits: OutputLimits) -> Instant {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        let (max_lines, max_bytes) = (f64::from(limits.lines_per_second), limits.bytes_per_second as f64);
+        self.lines = (self.lines + elapsed * max_lines).min(max_lines);
+        self.bytes = (self.bytes + elapsed * max_bytes).min(max_bytes);
+        now
+    }
+
     /// Logs what was dropped since the last report, if anything.
     fn report(&mut self) {
         if self.dropped_lines == 0 {
@@ -380,22 +418,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_characters_cannot_forge_a_line() {
-        assert_eq!(escape_controls("plain\ttab"), "plain\ttab");
-        assert_eq!(escape_controls("a\nINFO elected id=\"victim\""), "a\\nINFO elected id=\"victim\"");
-        assert_eq!(escape_controls("\u{1b}[31mred\r"), "\\u{1b}[31mred\\r");
-    }
-
-    #[test]
-    fn long_text_is_cut_with_a_visible_mark() {
-        assert_eq!(truncate("short", 8, 0), "short");
-        assert_eq!(truncate("0123456789", 4, 0), "0123… [truncated 6 bytes]");
-        // Never inside a character.
-        assert_eq!(truncate("ééé", 3, 0), "é… [truncated 4 bytes]");
-        assert_eq!(truncate("kept", 8, 100), "kept… [truncated 100 bytes]");
-    }
-
-    #[test]
     fn output_over_the_rate_is_dropped_and_counted() {
         let context = LogContext { plugin: "p".into(), participant: "me".into(), term: Some(1) };
         let limits = OutputLimits { max_line: 100, lines_per_second: 10, bytes_per_second: 1 << 20 };
@@ -405,5 +427,44 @@ mod tests {
         assert!((10..=12).contains(&admitted), "{admitted}");
         // The first drop is reported at once; the rest wait for the next report.
         assert_eq!(output.budget.lock().unwrap().dropped_lines as usize, 1000 - admitted - 1);
+    }
+
+    #[test]
+    fn guest_text_told_for_the_plugin_is_charged_to_its_budget() {
+        let context = LogContext { plugin: "p".into(), participant: "me".into(), term: Some(1) };
+        let limits = OutputLimits { max_line: 8 * 1024, lines_per_second: 200, bytes_per_second: 64 * 1024 };
+        let output = Output::new(context, limits);
+        let giant = format!("a\nb{}", "e".repeat(20_000_000));
+        // Within the budget: cut at the line cap, escaped.
+        let first = output.charge(&giant);
+        assert!(first.len() < 8 * 1024 + 64 && first.starts_with("a\\nb"), "{}", first.len());
+        // Eight lines use the second's 64 KiB; after that, short ones.
+        let lengths: Vec<usize> = (0..20).map(|_| output.charge(&giant).len()).collect();
+        assert!(lengths.iter().filter(|&&n| n > 1024).count() <= 8, "{lengths:?}");
+        assert!(lengths.iter().rev().take(8).all(|&n| n < 400), "{lengths:?}");
+    }
+
+    #[test]
+    fn last_words_are_the_panic_or_the_last_line() {
+        let context = LogContext { plugin: "p".into(), participant: "me".into(), term: Some(1) };
+        let output = Output::new(context, OutputLimits::default());
+        assert_eq!(output.last_words(), None);
+        for line in [
+            "starting",
+            "thread '<unnamed>' panicked at src/lib.rs:13:9:",
+            "refusing term 5 on purpose",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ] {
+            output.line("stderr", Level::Warn, line, 0);
+        }
+        assert_eq!(
+            output.last_words().as_deref(),
+            Some("thread '<unnamed>' panicked at src/lib.rs:13:9: refusing term 5 on purpose")
+        );
+        output.hook_started();
+        for line in ["Traceback (most recent call last):", "  File \"app.py\", line 3", "ValueError: boom"] {
+            output.line("stderr", Level::Warn, line, 0);
+        }
+        assert_eq!(output.last_words().as_deref(), Some("ValueError: boom"));
     }
 }

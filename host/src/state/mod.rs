@@ -8,6 +8,7 @@ pub mod zookeeper;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Largest value accepted, in bytes: well under ZooKeeper's 1 MiB request
@@ -61,71 +62,144 @@ pub struct StateQuota {
     /// Most writes (put, delete, compare-and-set) per second, sustained;
     /// bursts of up to one second's worth.
     pub max_writes_per_second: u32,
+    /// Most bytes of values written per second, sustained; bursts of up to
+    /// one second's worth (and never less than one largest value). Every
+    /// byte lands in every server's transaction log, which ZooKeeper does
+    /// not purge by default.
+    pub max_bytes_per_second: usize,
 }
+
+/// Default [`StateQuota::max_bytes_per_second`]: 128 KiB/s, about 11 GB a
+/// day into each server's transaction log at the most, which the default
+/// snapshot and log rotation of a 3-server ensemble on ordinary disks absorb.
+pub const DEFAULT_STATE_BYTES_PER_SECOND: usize = 128 * 1024;
 
 impl Default for StateQuota {
     fn default() -> Self {
-        StateQuota { max_keys: 1000, max_bytes: 8 << 20, max_writes_per_second: 100 }
+        StateQuota {
+            max_keys: 1000,
+            max_bytes: 8 << 20,
+            max_writes_per_second: 100,
+            max_bytes_per_second: DEFAULT_STATE_BYTES_PER_SECOND,
+        }
     }
 }
 
+/// The write-rate and byte-rate buckets of one election's state. They
+/// belong to the election, not to a term: the supervisor keeps one for the
+/// life of the process and hands it to every term's store, so resigning,
+/// reloading or failing over does not refill them. Cheap to clone (shared).
+#[derive(Clone, Debug)]
+pub struct WriteRate {
+    buckets: Arc<Mutex<Buckets>>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    writes: f64,
+    bytes: f64,
+    refilled: Instant,
+}
+
+impl WriteRate {
+    /// Full buckets for `quota`'s rates.
+    pub fn new(quota: StateQuota) -> WriteRate {
+        let buckets = Buckets {
+            writes: f64::from(quota.max_writes_per_second),
+            bytes: byte_burst(quota),
+            refilled: Instant::now(),
+        };
+        WriteRate { buckets: Arc::new(Mutex::new(buckets)) }
+    }
+
+    /// Takes one write of `len` value bytes at `now`, or says which rate it
+    /// would exceed (taking nothing).
+    fn take(
+        &self,
+        quota: StateQuota,
+        len: usize,
+        now: Instant,
+        also: impl FnOnce() -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut b = self.buckets.lock().unwrap();
+        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
+        let writes = f64::from(quota.max_writes_per_second);
+        b.writes = (b.writes + elapsed * writes).min(writes);
+        b.bytes = (b.bytes + elapsed * quota.max_bytes_per_second as f64).min(byte_burst(quota));
+        b.refilled = b.refilled.max(now);
+        if b.writes < 1.0 {
+            return Err(StateError::QuotaExceeded(format!(
+                "more than {} writes per second",
+                quota.max_writes_per_second
+            )));
+        }
+        if b.bytes < len as f64 {
+            return Err(StateError::QuotaExceeded(format!(
+                "more than {} bytes written per second",
+                quota.max_bytes_per_second
+            )));
+        }
+        also()?;
+        b.writes -= 1.0;
+        b.bytes -= len as f64;
+        Ok(())
+    }
+}
+
+/// The byte bucket's size: one second's worth, but at least one value of
+/// the largest size, so that every legal write can pass eventually.
+fn byte_burst(quota: StateQuota) -> f64 {
+    quota.max_bytes_per_second.max(MAX_VALUE) as f64
+}
+
 /// How much of its quota an election's state uses, kept by the one store
-/// that may write it (the leader's), and its write-rate bucket.
+/// that may write it (the leader's), with the election's rate buckets.
 #[derive(Clone, Debug)]
 pub struct Usage {
     quota: StateQuota,
     /// Value sizes by key.
     sizes: std::collections::HashMap<String, usize>,
     bytes: usize,
-    tokens: f64,
-    refilled: Instant,
+    rate: WriteRate,
 }
 
 impl Usage {
-    /// Usage of a state that holds `sizes` (key, value length).
-    pub fn new(quota: StateQuota, sizes: impl IntoIterator<Item = (String, usize)>) -> Usage {
+    /// Usage of a state that holds `sizes` (key, value length), writing
+    /// within the election's `rate`.
+    pub fn new(
+        quota: StateQuota,
+        sizes: impl IntoIterator<Item = (String, usize)>,
+        rate: WriteRate,
+    ) -> Usage {
         let sizes: std::collections::HashMap<String, usize> = sizes.into_iter().collect();
         let bytes = sizes.values().sum();
-        Usage {
-            quota,
-            sizes,
-            bytes,
-            tokens: f64::from(quota.max_writes_per_second),
-            refilled: Instant::now(),
-        }
+        Usage { quota, sizes, bytes, rate }
     }
 
     /// Admits a write that leaves `key` with a value of `len` bytes (`None`:
     /// deleted), before it is sent. A write that grows nothing is refused
-    /// only by the rate, so a state over its quota can always shrink.
+    /// only by the rates, so a state over its quota can always shrink.
     pub fn admit(&mut self, key: &str, len: Option<usize>, now: Instant) -> Result<(), StateError> {
-        let rate = f64::from(self.quota.max_writes_per_second);
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            return Err(StateError::QuotaExceeded(format!(
-                "more than {} writes per second",
-                self.quota.max_writes_per_second
-            )));
-        }
         let old = self.sizes.get(key).copied();
-        if let Some(len) = len {
-            if old.is_none() && self.sizes.len() >= self.quota.max_keys {
+        let (quota, sizes, held) = (self.quota, &self.sizes, self.bytes);
+        let within_quota = || {
+            let Some(len) = len else { return Ok(()) };
+            if old.is_none() && sizes.len() >= quota.max_keys {
                 return Err(StateError::QuotaExceeded(format!(
                     "the state holds {} keys already",
-                    self.quota.max_keys
+                    quota.max_keys
                 )));
             }
-            let bytes = self.bytes - old.unwrap_or(0) + len;
-            if len > old.unwrap_or(0) && bytes > self.quota.max_bytes {
+            let bytes = held - old.unwrap_or(0) + len;
+            if len > old.unwrap_or(0) && bytes > quota.max_bytes {
                 return Err(StateError::QuotaExceeded(format!(
                     "the state would hold {bytes} bytes, over its {}-byte quota",
-                    self.quota.max_bytes
+                    quota.max_bytes
                 )));
             }
-        }
-        self.tokens -= 1.0;
-        Ok(())
+            Ok(())
+        };
+        self.rate.take(quota, len.unwrap_or(0), now, within_quota)
     }
 
     /// Records a write that was applied (or may have been: counting it errs
@@ -200,9 +274,10 @@ mod tests {
 
     #[test]
     fn the_quota_caps_keys_bytes_and_rate() {
-        let quota = StateQuota { max_keys: 2, max_bytes: 100, max_writes_per_second: 5 };
+        let quota =
+            StateQuota { max_keys: 2, max_bytes: 100, max_writes_per_second: 5, ..StateQuota::default() };
         let start = Instant::now();
-        let mut usage = Usage::new(quota, [("a".to_string(), 60)]);
+        let mut usage = Usage::new(quota, [("a".to_string(), 60)], WriteRate::new(quota));
         // Bytes: growing past 100 is refused, shrinking is not.
         assert!(matches!(usage.admit("b", Some(50), start), Err(StateError::QuotaExceeded(_))));
         usage.admit("b", Some(40), start).unwrap();
@@ -219,6 +294,32 @@ mod tests {
         assert!(matches!(usage.admit("a", None, start), Err(StateError::QuotaExceeded(_))));
         // A second later the bucket is full again.
         usage.admit("a", None, start + std::time::Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn the_rates_belong_to_the_election_not_the_term() {
+        let quota =
+            StateQuota { max_writes_per_second: 10, max_bytes_per_second: 100_000, ..StateQuota::default() };
+        let rate = WriteRate::new(quota);
+        let start = Instant::now();
+        let value = MAX_VALUE;
+        // The byte bucket holds one second's worth: one 64 KiB value, then none.
+        let mut term = Usage::new(quota, [], rate.clone());
+        term.admit("a", Some(value), start).unwrap();
+        let refused = term.admit("b", Some(value), start).unwrap_err();
+        assert!(refused.to_string().contains("bytes written per second"), "{refused}");
+        // A new term (a resign, a reload, a failover back) gets the same
+        // buckets, not full ones.
+        let mut next = Usage::new(quota, [("a".to_string(), value)], rate.clone());
+        assert!(next.admit("b", Some(value), start).is_err());
+        // Small writes still pass, until the write rate says no.
+        for _ in 0..9 {
+            next.admit("c", Some(1), start).unwrap();
+        }
+        let refused = next.admit("c", Some(1), start).unwrap_err();
+        assert!(refused.to_string().contains("writes per second"), "{refused}");
+        // The rates refill with time.
+        next.admit("b", Some(value), start + std::time::Duration::from_secs(1)).unwrap();
     }
 
     #[test]

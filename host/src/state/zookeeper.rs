@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 use zookeeper_client as zk;
 
-use super::{Entry, StateError, StateFuture, StateQuota, StateStore, Usage, check_key, check_value};
+use super::{
+    Entry, StateError, StateFuture, StateQuota, StateStore, Usage, WriteRate, check_key, check_value,
+};
 use crate::election::Fence;
 
 /// Test-only fault injection: a pause between deciding to write and sending
@@ -30,6 +32,8 @@ pub struct FencedStore {
     dir_exists: AtomicBool,
     write_delay: Option<Duration>,
     quota: StateQuota,
+    /// The election's rate buckets, shared by every term of this process.
+    rate: WriteRate,
     /// What the state uses of its quota, read at the term's first write.
     usage: tokio::sync::Mutex<Option<Usage>>,
     /// The quota is logged once per term, not once per refused write.
@@ -67,8 +71,15 @@ impl FencedStore {
         FencedStore::with_quota(fence, election, StateQuota::default())
     }
 
-    /// The state under `election`, fenced by the leader's `fence`, within `quota`.
+    /// The state under `election`, fenced by the leader's `fence`, within
+    /// `quota`, with rate buckets of its own.
     pub fn with_quota(fence: Fence, election: &str, quota: StateQuota) -> FencedStore {
+        FencedStore::with_rate(fence, election, quota, WriteRate::new(quota))
+    }
+
+    /// The state under `election`, fenced by the leader's `fence`, within
+    /// `quota`, writing within the election's `rate` (shared across terms).
+    pub fn with_rate(fence: Fence, election: &str, quota: StateQuota, rate: WriteRate) -> FencedStore {
         let write_delay =
             std::env::var(WRITE_DELAY_FAILPOINT).ok().and_then(|d| humantime::parse_duration(&d).ok());
         if let Some(delay) = write_delay {
@@ -84,6 +95,7 @@ impl FencedStore {
             dir_exists: AtomicBool::new(false),
             write_delay,
             quota,
+            rate,
             usage: tokio::sync::Mutex::new(None),
             quota_logged: AtomicBool::new(false),
         }
@@ -99,7 +111,7 @@ impl FencedStore {
     ) -> Result<T, StateError> {
         let mut guard = self.usage.lock().await;
         if guard.is_none() {
-            *guard = Some(Usage::new(self.quota, self.sizes().await?));
+            *guard = Some(Usage::new(self.quota, self.sizes().await?, self.rate.clone()));
         }
         let usage = guard.as_mut().expect("just set");
         if let Err(refused) = usage.admit(key, len, Instant::now()) {
@@ -112,6 +124,7 @@ impl FencedStore {
                     max_keys = self.quota.max_keys,
                     max_bytes = self.quota.max_bytes,
                     max_writes_per_second = self.quota.max_writes_per_second,
+                    max_bytes_per_second = self.quota.max_bytes_per_second,
                     "a state write was refused by the quota (logged once per term)"
                 );
             }
