@@ -395,6 +395,7 @@ impl RunArgs {
                 .push(prefix.parse().map_err(|e| format!("{}: {e}", in_file("[plugin.grants] http")))?);
         }
         grants.http.extend(self.allow_http);
+        crate::plugin::check_cache_grants(cache_dir.as_deref(), Some(plugin.as_path()), &grants.dirs)?;
         let http_defaults = HttpLimits::default();
         let http_limits = HttpLimits {
             timeout: duration(
