@@ -10,6 +10,7 @@ mod egress;
 mod egress_shadow;
 mod election;
 mod guests;
+mod hostmem;
 mod ops;
 mod runtime;
 mod security;

@@ -121,6 +121,9 @@ struct CheckArgs {
     /// Longest the component may take to compile [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration)]
     compile_timeout: Option<Duration>,
+    /// Most memory the compiler may use [default: 768MiB]
+    #[arg(long, value_name = "SIZE", value_parser = settings::parse_size)]
+    compile_memory_limit: Option<usize>,
     /// Accept precompiled code from `zkrun compile`
     #[arg(long)]
     trust_precompiled: bool,
@@ -172,6 +175,7 @@ async fn serve(settings: RunSettings) -> u8 {
             trust_precompiled: settings.trust_precompiled,
             max_size: settings.max_component_size as u64,
             timeout: settings.compile_timeout,
+            memory: settings.compile_memory_limit,
             compiler: child_compiler(),
         },
         ..RuntimeConfig::default()
@@ -387,10 +391,12 @@ fn check(args: CheckArgs) -> u8 {
             trust_precompiled: args.trust_precompiled,
             max_size: args.max_component_size.map_or(defaults.compile.max_size, |n| n as u64),
             timeout: args.compile_timeout.unwrap_or(defaults.compile.timeout),
+            memory: args.compile_memory_limit.map_or(defaults.compile.memory, |n| n as u64),
             compiler: child_compiler(),
         },
         ..defaults
     };
+    let config_memory = config.compile.memory;
     let runtime = match Runtime::new(config) {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -418,6 +424,13 @@ fn check(args: CheckArgs) -> u8 {
         args.plugin.display(),
         plugin.compile_time().as_millis()
     );
+    if let Some(peak) = plugin.compile_peak() {
+        println!(
+            "compile memory: {} MiB peak (limit {} MiB, --compile-memory-limit)",
+            peak >> 20,
+            config_memory >> 20
+        );
+    }
     println!("exports:");
     for export in &plugin.interface().exports {
         println!("  {export}");

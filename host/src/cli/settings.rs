@@ -13,8 +13,8 @@ use super::security::{SecurityArgs, ZkSection};
 use crate::election::timing::MIN_LEASE;
 use crate::logging::LogFormat;
 use crate::plugin::{
-    DEFAULT_COMPILE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE, DEFAULT_MEMORY_LIMIT,
-    DirGrant, Grants, HttpLimits, HttpPrefix,
+    DEFAULT_COMPILE_MEMORY_LIMIT, DEFAULT_COMPILE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE,
+    DEFAULT_MEMORY_LIMIT, DirGrant, Grants, HttpLimits, HttpPrefix,
 };
 use crate::state::StateQuota;
 use crate::zkconnect::ZkAccess;
@@ -57,6 +57,8 @@ pub struct RunSettings {
     pub max_component_size: usize,
     /// Longest a component may take to compile.
     pub compile_timeout: Duration,
+    /// Most resident memory the compiler child may use, in bytes.
+    pub compile_memory_limit: u64,
     /// The compiled-code cache, if any.
     pub cache_dir: Option<PathBuf>,
     /// Whether `--plugin` may be precompiled code.
@@ -115,6 +117,9 @@ pub struct RunArgs {
     /// Longest a component may take to compile (at start and on SIGHUP) [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub compile_timeout: Option<Duration>,
+    /// Most memory the compiler may use (at start and on SIGHUP), e.g. 1GiB [default: 768MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub compile_memory_limit: Option<usize>,
     /// Compiled-code cache directory, private to this user [default: $CACHE_DIRECTORY, else $XDG_CACHE_HOME/zkrun, else ~/.cache/zkrun]
     #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
     pub cache_dir: Option<PathBuf>,
@@ -214,6 +219,7 @@ struct PluginSection {
     memory_limit: Option<String>,
     max_component_size: Option<String>,
     compile_timeout: Option<String>,
+    compile_memory_limit: Option<String>,
     cache_dir: Option<PathBuf>,
     #[serde(default)]
     trust_precompiled: bool,
@@ -335,6 +341,12 @@ impl RunArgs {
             "[plugin] max-component-size",
             DEFAULT_MAX_COMPONENT_SIZE as usize,
         )?;
+        let compile_memory_limit = size(
+            self.compile_memory_limit,
+            file.plugin.compile_memory_limit,
+            "[plugin] compile-memory-limit",
+            DEFAULT_COMPILE_MEMORY_LIMIT as usize,
+        )? as u64;
         let compile_timeout = duration(
             self.compile_timeout,
             file.plugin.compile_timeout,
@@ -396,6 +408,7 @@ impl RunArgs {
                 .push(prefix.parse().map_err(|e| format!("{}: {e}", in_file("[plugin.grants] http")))?);
         }
         grants.http.extend(self.allow_http);
+        crate::plugin::check_cache_grants(cache_dir.as_deref(), Some(plugin.as_path()), &grants.dirs)?;
         let http_defaults = HttpLimits::default();
         let http_limits = HttpLimits {
             timeout: duration(
@@ -460,6 +473,7 @@ impl RunArgs {
             memory_limit,
             max_component_size,
             compile_timeout,
+            compile_memory_limit,
             cache_dir,
             trust_precompiled: self.trust_precompiled || file.plugin.trust_precompiled,
             state_quota,

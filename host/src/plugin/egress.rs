@@ -432,6 +432,11 @@ type SendFuture = Box<
 >;
 
 impl WasiHttpHooks for Egress {
+    /// Small writes, so an unsent body holds little (see `held.rs`).
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        super::held::BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,

@@ -39,6 +39,9 @@ pub enum Stop {
     Interrupted,
     /// Linear memory or tables would have grown past the cap.
     OutOfMemory { limit: usize, wanted: usize },
+    /// What the host holds for the guest (`wasi:http` resources), with the
+    /// guest's memories and tables, would have passed the cap.
+    HostMemory { limit: usize, wanted: usize },
     /// The component would have created more instances, tables or memories
     /// than the host allows.
     TooMany { what: &'static str, limit: usize },
@@ -60,6 +63,12 @@ impl fmt::Display for Stop {
                     limit >> 20
                 )
             }
+            Stop::HostMemory { limit, wanted } => write!(
+                f,
+                "made the host hold wasi:http resources for it: {} MiB with its memory, past the {} MiB cap",
+                wanted >> 20,
+                limit >> 20
+            ),
             Stop::TooMany { what, limit } => write!(f, "tried to create more than {limit} {what}"),
         }
     }
@@ -256,29 +265,47 @@ pub const MAX_MEMORIES: usize = 32;
 const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 
 /// One budget, in bytes, for everything the guest can make the host allocate
-/// in its instance: linear memories and tables, across every core instance.
+/// in its instance: linear memories and tables, across every core instance,
+/// and what the host holds for it through `wasi:http` (see `held.rs`).
 pub struct MemoryCap {
     limit: usize,
+    /// Memories and tables.
     used: usize,
+    /// What the host held for the guest when last counted.
+    host: usize,
 }
 
 impl MemoryCap {
     /// A cap of `limit` bytes over all memories and tables of the instance.
     pub fn new(limit: usize) -> MemoryCap {
-        MemoryCap { limit, used: 0 }
+        MemoryCap { limit, used: 0, host: 0 }
     }
 
     /// Accounts for one memory or table growing from `current` to `desired`
     /// bytes, or refuses it with a trap we can recognise.
     fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
         let wanted = (self.used - current.min(self.used)).saturating_add(desired);
-        if wanted > self.limit {
+        if wanted.saturating_add(self.host) > self.limit {
             // An error (not `false`) traps at once with a reason we can
             // recognise, instead of letting the guest's allocator abort.
+            let wanted = wanted.saturating_add(self.host);
             return Err(wasmtime::Error::new(Stop::OutOfMemory { limit: self.limit, wanted }));
         }
         self.used = wanted;
         Ok(true)
+    }
+
+    /// Records that the host now holds `held` bytes for the guest, and
+    /// admits `more`, or refuses it if memories, tables and host holdings
+    /// together would pass the cap.
+    pub fn hold(&mut self, held: usize, more: usize) -> Result<(), Stop> {
+        self.host = held;
+        let wanted = self.used.saturating_add(held).saturating_add(more);
+        if wanted > self.limit {
+            return Err(Stop::HostMemory { limit: self.limit, wanted });
+        }
+        self.host = held + more;
+        Ok(())
     }
 }
 
@@ -420,6 +447,19 @@ mod tests {
         assert!(cap.memory_growing(0, 8 << 20, None).unwrap());
         let err = cap.table_growing(0, 1, None).unwrap_err();
         assert!(matches!(err.downcast_ref::<Stop>(), Some(Stop::OutOfMemory { .. })));
+    }
+
+    #[test]
+    fn host_holdings_share_the_cap_with_memories() {
+        let mut cap = MemoryCap::new(10 << 20);
+        assert!(cap.memory_growing(0, 4 << 20, None).unwrap());
+        assert_eq!(cap.hold(0, 5 << 20), Ok(()));
+        // 4 + 5 held: a 2 MiB memory does not fit, nor 2 MiB more held.
+        assert!(cap.memory_growing(0, 2 << 20, None).is_err());
+        assert!(matches!(cap.hold(5 << 20, 2 << 20), Err(Stop::HostMemory { .. })));
+        // Once the host holds less, both fit again.
+        assert_eq!(cap.hold(1 << 20, 2 << 20), Ok(()));
+        assert!(cap.memory_growing(0, 2 << 20, None).unwrap());
     }
 
     #[test]

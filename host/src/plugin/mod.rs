@@ -19,6 +19,7 @@
 mod bindings;
 mod cache;
 mod egress;
+mod held;
 mod limits;
 mod sandbox;
 mod validate;
@@ -38,7 +39,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use bindings::zkrun::plugin::state as wit_state;
 pub use bindings::{DemoteReason, Level};
 use bindings::{Job, JobPre, Leadership};
-pub use cache::default_dir as default_cache_dir;
+pub use cache::{check_grants as check_cache_grants, default_dir as default_cache_dir};
 pub use egress::{
     DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_MAX_RESPONSE, DEFAULT_HTTP_TIMEOUT, ELECTION_HEADER, HttpLimits,
     HttpPrefix, PARTICIPANT_HEADER, TERM_HEADER,
@@ -48,7 +49,8 @@ pub use limits::{EPOCH_TICK, Interrupter, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLE
 use limits::{EpochTicker, Gate, MemoryCap, TickerGuard};
 pub use sandbox::{DirGrant, Grants, LogContext, OutputLimits};
 pub use validate::{
-    CompileLimits, Compiler, DEFAULT_COMPILE_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE, Interface, LoadError,
+    CompileLimits, Compiler, DEFAULT_COMPILE_MEMORY_LIMIT, DEFAULT_COMPILE_TIMEOUT,
+    DEFAULT_MAX_COMPONENT_SIZE, Interface, LoadError,
 };
 
 use crate::state::{StateError, StateStore};
@@ -247,6 +249,9 @@ pub struct StoreState {
     state: Option<Arc<dyn StateStore>>,
     http: WasiHttpCtx,
     egress: Egress,
+    /// Whether any `--allow-http` grant exists: without one, the host
+    /// buffers no request body for the guest (see `held.rs`).
+    http_granted: bool,
 }
 
 impl WasiView for StoreState {
@@ -396,6 +401,7 @@ impl Runtime {
         // Linked always, so a plugin that imports it loads; what it may reach
         // is the operator's grant, none by default.
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        held::guard(&mut linker).map_err(anyhow::Error::from)?;
         Job::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)?;
         let ticker = EpochTicker::start(engine.clone());
@@ -420,7 +426,7 @@ impl Runtime {
     /// it from a blocking context.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let started = Instant::now();
-        let validate::Compiled { component, sha256, cached } =
+        let validate::Compiled { component, sha256, cached, compile_peak } =
             validate::compile(&self.engine, path, &self.config.compile)?;
         let interface = validate::check_interface(&self.engine, path, &component)?;
         let pre = self
@@ -444,6 +450,7 @@ impl Runtime {
                 compile_time: started.elapsed(),
                 sha256,
                 cached,
+                compile_peak,
             }),
         })
     }
@@ -477,9 +484,13 @@ impl Runtime {
         let output = sandbox::Output::new(log.clone(), self.config.output);
         let wasi = sandbox::wasi_context(&self.config.grants, &gate, &output)
             .map_err(|e| HookFailure::Sandbox(validate::first_line(&e)))?;
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(held::MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(held::FIELDS_LIMIT);
         let state = StoreState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             memory: MemoryCap::new(self.config.memory_limit),
             gate: gate.clone(),
             egress: Egress::new(self.http.clone(), gate.clone(), log.clone()),
@@ -488,7 +499,8 @@ impl Runtime {
             config: self.config_map.clone(),
             resignation: None,
             state,
-            http: WasiHttpCtx::new(),
+            http,
+            http_granted: !self.config.grants.http.is_empty(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -566,6 +578,7 @@ struct PluginInner {
     compile_time: Duration,
     sha256: String,
     cached: bool,
+    compile_peak: Option<u64>,
 }
 
 impl Plugin {
@@ -597,6 +610,12 @@ impl Plugin {
     /// Whether the compiled code came from the compiled-code cache.
     pub fn from_cache(&self) -> bool {
         self.inner.cached
+    }
+
+    /// The compiler child's peak resident memory in bytes, if a child
+    /// compiled this plugin (not when it came from the cache).
+    pub fn compile_peak(&self) -> Option<u64> {
+        self.inner.compile_peak
     }
 }
 
@@ -739,7 +758,9 @@ fn classify(hook: Hook, error: wasmtime::Error) -> HookFailure {
 fn from_stop(hook: Hook, stop: Stop) -> HookFailure {
     match stop {
         Stop::TimedOut(_) => HookFailure::TimedOut { hook, stop },
-        Stop::OutOfMemory { .. } | Stop::TooMany { .. } => HookFailure::OutOfMemory { hook, stop },
+        Stop::OutOfMemory { .. } | Stop::HostMemory { .. } | Stop::TooMany { .. } => {
+            HookFailure::OutOfMemory { hook, stop }
+        }
         Stop::PermitLost => HookFailure::PermitLost { hook },
         Stop::Interrupted => HookFailure::Interrupted { hook },
     }

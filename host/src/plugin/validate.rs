@@ -94,6 +94,14 @@ pub enum LoadError {
         /// The limit.
         limit: Duration,
     },
+    /// The compiler child used more memory than the compile memory limit.
+    #[error("{path} needed more than the {} MiB compile memory limit to compile (--compile-memory-limit); the compiler was stopped", limit >> 20)]
+    CompileMemory {
+        /// The plugin file.
+        path: PathBuf,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The compiler child process could not be run.
     #[error("cannot compile {0}: {1}")]
     Compiler(PathBuf, String),
@@ -116,6 +124,15 @@ pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
 /// about 5 s on a 2-core machine; leave room for slower edge hosts.
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Default cap on the compiler child's resident memory: compiling the 18 MB
+/// componentize-py heartbeat peaks at about 380 MiB (measured with `zkrun
+/// check`, which reports the peak); twice that leaves room for larger
+/// components, and still stops a compile bomb long before a small host's
+/// OOM killer would.
+pub const DEFAULT_COMPILE_MEMORY_LIMIT: u64 = 768 << 20;
+/// How often the compiler child's time and memory are looked at.
+const COMPILER_POLL: Duration = Duration::from_millis(5);
+
 /// Where components are compiled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Compiler {
@@ -137,6 +154,9 @@ pub struct CompileLimits {
     pub max_size: u64,
     /// Longest a compile may take (enforced with [`Compiler::Subprocess`]).
     pub timeout: Duration,
+    /// Most resident memory the compile may use, in bytes (enforced with
+    /// [`Compiler::Subprocess`]).
+    pub memory: u64,
     /// Where to compile.
     pub compiler: Compiler,
     /// Whether precompiled code (`zkrun compile` output) may be loaded.
@@ -149,6 +169,7 @@ impl Default for CompileLimits {
             cache: None,
             max_size: DEFAULT_MAX_COMPONENT_SIZE,
             timeout: DEFAULT_COMPILE_TIMEOUT,
+            memory: DEFAULT_COMPILE_MEMORY_LIMIT,
             compiler: Compiler::InProcess,
             trust_precompiled: false,
         }
@@ -180,6 +201,8 @@ pub struct Compiled {
     pub sha256: String,
     /// Whether it came from the compiled-code cache.
     pub cached: bool,
+    /// The compiler child's peak resident memory, in bytes, if one ran.
+    pub compile_peak: Option<u64>,
 }
 
 /// Reads and compiles `path` within `limits` (or loads it from the cache),
@@ -217,7 +240,7 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
         // version with these settings before using it.
         let component = unsafe { Component::deserialize(engine, &bytes) }
             .map_err(|e| LoadError::PrecompiledMismatch(path.into(), first_line(&e)))?;
-        return Ok(Compiled { component, sha256, cached: false });
+        return Ok(Compiled { component, sha256, cached: false, compile_peak: None });
     }
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(LoadError::NotWasm(path.into()));
@@ -234,8 +257,9 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
         }
     });
     if let Some(component) = cache.as_ref().and_then(|c| c.load(engine, &sha256)) {
-        return Ok(Compiled { component, sha256, cached: true });
+        return Ok(Compiled { component, sha256, cached: true, compile_peak: None });
     }
+    let mut compile_peak = None;
     let (component, serialized) = match &limits.compiler {
         Compiler::InProcess => {
             let component = Component::new(engine, &bytes)
@@ -244,7 +268,8 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
             (component, serialized)
         }
         Compiler::Subprocess(exe) => {
-            let compiled = compile_in_child(exe, path, &bytes, limits.timeout)?;
+            let (compiled, peak) = compile_in_child(exe, path, &bytes, limits)?;
+            compile_peak = Some(peak);
             // SAFETY: these bytes come from our own binary's `compile`, which
             // serialized them for an engine configured as ours is
             // (`plugin::engine`); wasmtime also checks the engine's version
@@ -257,12 +282,20 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
     if let (Some(cache), Some(serialized)) = (&cache, serialized) {
         cache.store(engine, &sha256, &serialized);
     }
-    Ok(Compiled { component, sha256, cached: false })
+    Ok(Compiled { component, sha256, cached: false, compile_peak })
 }
 
-/// Runs `<exe> compile - -o -` on `wasm`; kills it at `timeout`.
-fn compile_in_child(exe: &Path, path: &Path, wasm: &[u8], timeout: Duration) -> Result<Vec<u8>, LoadError> {
-    use std::os::unix::process::CommandExt;
+/// Runs `<exe> compile - -o -` on `wasm`; kills it at the time limit or
+/// once its resident memory passes the memory limit. Returns the compiled
+/// code and the child's peak resident memory.
+fn compile_in_child(
+    exe: &Path,
+    path: &Path,
+    wasm: &[u8],
+    limits: &CompileLimits,
+) -> Result<(Vec<u8>, u64), LoadError> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let timeout = limits.timeout;
     let fail =
         |what: &str, e: &dyn std::fmt::Display| LoadError::Compiler(path.into(), format!("{what}: {e}"));
     let mut command = Command::new(exe);
@@ -297,18 +330,42 @@ fn compile_in_child(exe: &Path, path: &Path, wasm: &[u8], timeout: Duration) -> 
         let _ = (&mut stderr).take(64 * 1024).read_to_string(&mut out);
         out
     });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(LoadError::CompileTimeout { path: path.into(), limit: timeout });
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(fail("cannot wait for the compiler", &e)),
+    let pid = child.id() as libc::pid_t;
+    // The child's memory is watched from here (resident, as /proc reports
+    // it) rather than capped with RLIMIT_AS inside it: the compiler reserves
+    // far more address space than it touches, so an address-space cap that
+    // stops a bomb also fails honest compiles.
+    let mut peak = 0u64;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: an empty rusage for wait4 to fill; the pid is our child's.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; WNOHANG returns at once.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            break (std::process::ExitStatus::from_raw(status), usage);
         }
+        if reaped < 0 {
+            return Err(fail("cannot wait for the compiler", &std::io::Error::last_os_error()));
+        }
+        peak = peak.max(resident(pid).unwrap_or(0));
+        if peak > limits.memory {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LoadError::CompileMemory { path: path.into(), limit: limits.memory });
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LoadError::CompileTimeout { path: path.into(), limit: timeout });
+        }
+        std::thread::sleep(COMPILER_POLL);
     };
+    // The kernel's own high-water mark catches a peak between two looks.
+    peak = peak.max(usage.ru_maxrss as u64 * 1024);
+    if peak > limits.memory {
+        return Err(LoadError::CompileMemory { path: path.into(), limit: limits.memory });
+    }
     let _ = writer.join();
     let output =
         reader.join().expect("reader thread").map_err(|e| fail("cannot read the compiler's output", &e))?;
@@ -318,7 +375,15 @@ fn compile_in_child(exe: &Path, path: &Path, wasm: &[u8], timeout: Duration) -> 
         let line = line.trim().trim_start_matches("zkrun: ");
         return Err(LoadError::Invalid(path.into(), line.to_string()));
     }
-    Ok(output)
+    Ok((output, peak))
+}
+
+/// The resident memory of process `pid` in bytes, from /proc.
+fn resident(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Checks the imports and exports of a compiled component.
