@@ -4,6 +4,7 @@
 mod bench;
 mod chaos;
 mod cli;
+mod docs;
 mod containment;
 mod egress;
 mod election;

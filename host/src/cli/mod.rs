@@ -1,5 +1,6 @@
 //! The `zkrun` command line: `run` (the default), `status` and `check`.
 
+mod output;
 pub mod security;
 pub mod settings;
 
@@ -33,6 +34,9 @@ pub mod exit {
     pub const PLUGIN: u8 = 3;
     /// ZooKeeper could not be reached (`status`, or `run --connect-timeout`).
     pub const UNREACHABLE: u8 = 4;
+    /// `status`: the ensemble refused the credentials, or the election's
+    /// ACL does not let them read it.
+    pub const NOT_AUTHORIZED: u8 = 5;
     /// A second SIGTERM/SIGINT cut the graceful shutdown short.
     pub const FORCED: u8 = 130;
 }
@@ -44,6 +48,7 @@ Exit codes:
   2    bad flags, configuration file, connect string or election path
   3    the plugin cannot be used (check, and run at start)
   4    ZooKeeper unreachable (status; run with --connect-timeout)
+  5    status: not authorized (credentials refused, or the ACL denies reading)
   130  a second SIGTERM/SIGINT cut the graceful shutdown short
 
 Signals (run): SIGTERM/SIGINT hand leadership over and exit; SIGHUP reloads the plugin.";
@@ -326,28 +331,44 @@ fn status_command(args: StatusArgs) -> u8 {
         Ok(access) => access,
         Err(e) => return usage(e),
     };
+    let json = args.json;
+    let watch = args.watch;
+    // Each table of --watch starts with the time it was read.
     let show = |found: &status::ElectionStatus| {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(found).expect("status serializes"));
+        let text = if json {
+            format!("{}\n", serde_json::to_string_pretty(found).expect("status serializes"))
+        } else if watch {
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            format!("{now}  {}", status::render(found))
         } else {
-            print!("{}", status::render(found));
-        }
+            status::render(found)
+        };
+        output::print(&text)
     };
     let result = tokio_runtime().block_on(async {
+        if watch && !json {
+            // Connecting and the first read can take seconds (a lapsed
+            // lease is watched for two refresh periods): say so at once.
+            let _ = output::print(&format!("watching {election} on {connect} (Ctrl-C ends it)\n"));
+        }
         let reader = status::Reader::connect(&connect, &access, args.timeout).await?;
         let mut last = reader.read(&election).await?;
-        show(&last);
-        if args.watch {
-            // Until interrupted (or the session is lost).
+        if !show(&last).unwrap_or(false) {
+            return Ok(last);
+        }
+        if watch {
+            // Until interrupted, the reader goes, or the session is lost.
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let found = reader.read(&election).await?;
                 if status::changed(&last, &found) {
-                    if !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    if !json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                         // Clear the screen and redraw in place.
-                        print!("\x1b[2J\x1b[H");
+                        let _ = output::print("\x1b[2J\x1b[H");
                     }
-                    show(&found);
+                    if !show(&found).unwrap_or(false) {
+                        return Ok(found);
+                    }
                 }
                 last = found;
             }
@@ -357,13 +378,24 @@ fn status_command(args: StatusArgs) -> u8 {
     match result {
         Ok(found) if found.healthy() => exit::OK,
         Ok(_) => exit::NO_LEADER,
-        Err(e @ status::StatusError::Unreachable { .. }) => {
-            eprintln!("zkrun: {e}");
-            exit::UNREACHABLE
-        }
         Err(e) => {
+            let code = match &e {
+                status::StatusError::Unreachable { .. } => exit::UNREACHABLE,
+                e if e.not_authorized() => exit::NOT_AUTHORIZED,
+                _ => exit::FAILURE,
+            };
+            if json {
+                // A script parsing stdout gets JSON whatever happened.
+                let error = serde_json::json!({
+                    "election": election,
+                    "error": e.kind(),
+                    "message": e.to_string(),
+                    "exit_code": code,
+                });
+                let _ = output::print(&format!("{error:#}\n"));
+            }
             eprintln!("zkrun: {e}");
-            exit::FAILURE
+            code
         }
     }
 }
@@ -413,25 +445,29 @@ fn check(args: CheckArgs) -> u8 {
         return exit::PLUGIN;
     }
     let size = std::fs::metadata(&args.plugin).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "ok: {} is a zkrun:plugin/job component ({size} bytes, compiled in {} ms)",
+    let mut text = format!(
+        "ok: {} is a zkrun:plugin/job component ({size} bytes, compiled in {} ms)\nexports:\n",
         args.plugin.display(),
         plugin.compile_time().as_millis()
     );
-    println!("exports:");
     for export in &plugin.interface().exports {
-        println!("  {export}");
+        text += &format!("  {export}\n");
     }
-    println!("imports:");
+    text += "imports:\n";
     for import in &plugin.interface().imports {
-        println!("  {import}");
+        text += &format!("  {import}\n");
     }
     if plugin.interface().sends_http() {
-        println!(
-            "needs grant: outgoing HTTP (wasi:http/outgoing-handler); leader hooks reach only URLs under --allow-http PREFIX, none by default"
-        );
+        text += "needs grant: outgoing HTTP (wasi:http/outgoing-handler); leader hooks reach only URLs under --allow-http PREFIX, none by default\n";
     }
-    exit::OK
+    match output::print(&text) {
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Ok(_) => exit::OK,
+        Err(e) => {
+            eprintln!("zkrun: cannot write the report: {e}");
+            exit::FAILURE
+        }
+    }
 }
 
 /// `zkrun compile`: what a [`Compiler::Subprocess`] child runs.
