@@ -75,6 +75,19 @@ if [ "$guests" = 1 ]; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q componentize-py==0.25.1
     fi
+    # componentize-js needs Node 18 or later (tested with 20), and npm.
+    node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+    if ! command -v npm >/dev/null 2>&1 || [ "$(node_major)" -lt 18 ]; then
+        echo "setup: installing Node.js and npm (Debian's nodejs, npm)"
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+        if [ "$(node_major)" -lt 18 ]; then
+            echo "setup: componentize-js needs Node 18 or later; this machine has $(node --version 2>/dev/null || echo none)" >&2
+            exit 1
+        fi
+    fi
     js="$root/plugins/heartbeat-js"
     if [ ! -x "$js/node_modules/.bin/componentize-js" ]; then
         echo "setup: installing componentize-js (package-lock.json) into $js/node_modules"
