@@ -229,6 +229,16 @@ async fn serve(settings: RunSettings) -> u8 {
         allow_http = %settings.grants.http.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "zkrun starting"
     );
+    if !plugin.interface().sends_http() && !settings.grants.http.is_empty() {
+        // A JavaScript build with `-d http`, or a Python one for the `job`
+        // world: the grant cannot be used, and the plugin's requests fail
+        // inside the guest with no word from zkrun otherwise.
+        warn!(
+            event = "http_grant_unused",
+            plugin = %settings.plugin.display(),
+            "--allow-http is given, but the plugin imports no wasi:http/outgoing-handler: it cannot send requests (build JavaScript with -d fetch-event, not -d http)"
+        );
+    }
     if plugin.interface().sends_http() && settings.grants.http.is_empty() {
         warn!(
             event = "http_not_granted",
@@ -459,6 +469,8 @@ fn check(args: CheckArgs) -> u8 {
     }
     if plugin.interface().sends_http() {
         text += "needs grant: outgoing HTTP (wasi:http/outgoing-handler); leader hooks reach only URLs under --allow-http PREFIX, none by default\n";
+    } else {
+        text += "no outgoing HTTP: imports no wasi:http/outgoing-handler, so an --allow-http grant would go unused\n";
     }
     match output::print(&text) {
         // A closed pipe (`| head`) is the reader's choice, not a failure.
