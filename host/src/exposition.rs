@@ -24,7 +24,8 @@ impl Format {
         let asks = accept.unwrap_or_default().split(',').any(|range| {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or_default();
-            let refused = parts.any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f64>().ok()) == Some(0.0));
+            let refused =
+                parts.any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f64>().ok()) == Some(0.0));
             media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
         });
         if asks { Format::OpenMetrics } else { Format::Prometheus }

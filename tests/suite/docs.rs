@@ -65,7 +65,11 @@ fn status_errors_are_json_with_json_and_exit_4_when_unreachable() {
     assert_eq!(out.status.code(), Some(4));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    assert_eq!((json["error"].as_str(), json["exit_code"].as_u64()), (Some("unreachable"), Some(4)), "{json}");
+    assert_eq!(
+        (json["error"].as_str(), json["exit_code"].as_u64()),
+        (Some("unreachable"), Some(4)),
+        "{json}"
+    );
     assert!(json["message"].as_str().unwrap().contains(&closed), "{json}");
 }
 
@@ -236,7 +240,10 @@ fn the_documented_fencing_receiver_fences_per_election_and_reads_chunked_bodies(
     let url = format!("url={base}hook");
     let webhook = |id: &str, election: &str| {
         let extra = ["--plugin-config", &url, "--allow-http", &base];
-        let p = Process::zkrun(id, &participant_args(&zk, election, &paths::plugin("webhook"), "200ms", "4s", &extra));
+        let p = Process::zkrun(
+            id,
+            &participant_args(&zk, election, &paths::plugin("webhook"), "200ms", "4s", &extra),
+        );
         let term = p.wait_event("elected", SOON, |e| e.kind() == "elected").term().unwrap();
         (p, term)
     };
@@ -267,7 +274,9 @@ fn the_documented_fencing_receiver_fences_per_election_and_reads_chunked_bodies(
     assert_eq!(post(port, new, new_term - 1, "{\"stale\":2}", true), 409);
     assert_eq!(post(port, "/zkrun/docs/third", 7, "sized", false), 200);
     assert_eq!(post(port, "/zkrun/docs/third", 7, "chunked body", true), 200);
-    zkrun_tests::wait_for("the direct requests' lines", SOON, || (accepted("/zkrun/docs/third", 7) == 2).then_some(()));
+    zkrun_tests::wait_for("the direct requests' lines", SOON, || {
+        (accepted("/zkrun/docs/third", 7) == 2).then_some(())
+    });
     let third: Vec<String> = receiver
         .events()
         .iter()
@@ -276,4 +285,133 @@ fn the_documented_fencing_receiver_fences_per_election_and_reads_chunked_bodies(
         .collect();
     assert_eq!(third, ["sized", "chunked body"]);
     receiver.kill();
+}
+
+/// The `sh` block that follows `<!-- run by tests/suite/docs.rs: NAME -->`
+/// in `file` (relative to the repository), unindented, with the
+/// placeholder `path/to/zkrun` pointing at this checkout.
+fn doc_block(file: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(paths::root().join(file)).unwrap();
+    let marker = format!("<!-- run by tests/suite/docs.rs: {name} -->");
+    let after = text.split_once(&marker).unwrap_or_else(|| panic!("{file}: no {marker}")).1;
+    let block = after.split_once("```sh\n").unwrap().1.split_once("```").unwrap().0;
+    let root = paths::root();
+    block
+        .lines()
+        .map(|l| l.trim_start().replace("path/to/zkrun", root.to_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs a documented block with `sh -e` in `dir`.
+fn run_block(block: &str, dir: &std::path::Path) {
+    let out = Command::new("sh").arg("-ec").arg(block).current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{block}\nfailed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_rust_template_copied_out_of_the_repository_builds_as_documented() {
+    let dir = zkrun_tests::TempDir::new("template");
+    run_block(&doc_block("plugins/README.md", "rust_template"), dir.path());
+    let crate_dir = dir.path().join("my-job");
+    // The rustup route where the target is installed, else Debian's.
+    let rustup = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let has_target =
+        rustup.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "wasm32-wasip2"));
+    let build = if has_target { "rust_build_rustup" } else { "rust_build_debian" };
+    run_block(&doc_block("plugins/README.md", build), &crate_dir);
+    let component = crate_dir.join("target/wasm32-wasip2/release/my_job.wasm");
+    let out = run_to_end(&["check".as_ref(), component.as_os_str()], SOON);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.starts_with("ok: ") && report.contains("zkrun:plugin/host"), "{report}");
+}
+
+/// The unit's `ExecStart=` command, with the installed paths of the docs
+/// replaced by this build's binary and `config`.
+fn unit_exec_start(unit: &str, config: &std::path::Path) -> Vec<String> {
+    let line = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("the unit has an ExecStart");
+    line.split_whitespace()
+        .map(|word| match word {
+            "/usr/local/bin/zkrun" => paths::zkrun_binary().to_str().unwrap().to_string(),
+            "/etc/zkrun/%i.toml" => config.to_str().unwrap().to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_starts_zkrun_with_credentials_from_load_credential() {
+    let unit = std::fs::read_to_string(paths::root().join("examples/zkrun@.service")).unwrap();
+    // With its LoadCredential= lines in force, and the binary where this
+    // build has it (verify checks that ExecStart is executable).
+    let dir = zkrun_tests::TempDir::new("unit");
+    let installed = unit
+        .replace("/usr/local/bin/zkrun", paths::zkrun_binary().to_str().unwrap())
+        .replace("#LoadCredential=", "LoadCredential=");
+    std::fs::write(dir.path().join("zkrun@test.service"), &installed).unwrap();
+    let out = tool("systemd-analyze", &["verify", "./zkrun@test.service"], dir.path());
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+    assert!(unit.lines().any(|l| l == "TimeoutStartSec=infinity"), "no start timeout setting");
+
+    // systemd is not PID 1 here: run the unit's ExecStart as systemd would,
+    // with the credential layout LoadCredential= makes (a private,
+    // read-only copy of the file in $CREDENTIALS_DIRECTORY).
+    let ensemble = Ensemble::start();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let auth = credentials.join("zk-auth");
+    std::fs::write(&auth, "digest:unit:s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let config = dir.path().join("test.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "zk = \"{}\"\nelection = \"/zkrun/docs/unit\"\ntick = \"200ms\"\nsession-timeout = \"4s\"\nlog-format = \"json\"\n[plugin]\npath = \"{}\"\n",
+            ensemble.connect_string(),
+            paths::plugin("heartbeat").display()
+        ),
+    )
+    .unwrap();
+    let argv = unit_exec_start(&unit, &config);
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]).env("CREDENTIALS_DIRECTORY", &credentials).env_remove("ZKRUN_ZK_AUTH");
+    let mut zkrun = Process::spawn("unit", command);
+    let starting = zkrun.wait_event("starting", SOON, |e| e.kind() == "starting");
+    assert_eq!(starting.str("zk_access"), "auth digest:unit, tls off", "{}", starting.raw);
+    zkrun.wait_event("elected", SOON, |e| e.kind() == "elected");
+    zkrun.signal(libc::SIGTERM);
+    assert_eq!(zkrun.wait_exit(SOON).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn an_http_grant_a_plugin_cannot_use_is_pointed_out() {
+    // heartbeat imports no wasi:http (like a JavaScript build with -d http).
+    let heartbeat = paths::plugin("heartbeat");
+    let out = run_to_end(&["check".as_ref(), heartbeat.as_os_str()], SOON);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("no outgoing HTTP"), "{report}");
+    let out = run_to_end(&["check".as_ref(), paths::plugin("webhook").as_os_str()], SOON);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("needs grant: outgoing HTTP"));
+
+    let closed = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let args = participant_args(
+        &closed,
+        "/zkrun/docs/unused",
+        &heartbeat,
+        "200ms",
+        "4s",
+        &["--allow-http", "http://127.0.0.1:1/"],
+    );
+    let mut p = Process::zkrun("unused", &args);
+    let warning = p.wait_event("http_grant_unused", SOON, |e| e.kind() == "http_grant_unused");
+    assert!(warning.message().contains("-d fetch-event"), "{}", warning.raw);
+    p.kill();
 }

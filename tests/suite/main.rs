@@ -4,8 +4,8 @@
 mod bench;
 mod chaos;
 mod cli;
-mod docs;
 mod containment;
+mod docs;
 mod egress;
 mod election;
 mod guests;
