@@ -4,7 +4,8 @@
 #
 # Uses the rustup wasm32-wasip2 target when it is installed. Otherwise it uses
 # Debian's Rust (rustc-web, with its std source) to build std for the target,
-# as described in docs/plugins.md; scripts/setup.sh installs it.
+# as described in plugins/README.md ("Building without the rustup target");
+# scripts/setup.sh installs it.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

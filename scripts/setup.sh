@@ -19,8 +19,10 @@ for arg in "$@"; do
     esac
 done
 
-# Debian packages: ZooKeeper for the ensemble the tests and demo start.
-packages=(zookeeper)
+# Debian packages: ZooKeeper for the ensemble the tests and demo start;
+# Prometheus for promtool, which the suite runs over /metrics and the
+# example alert rules.
+packages=(zookeeper prometheus)
 # Without a rustup wasm32-wasip2 target (it cannot be downloaded on these
 # machines), Debian's Rust with its std source builds the plugins.
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -72,6 +74,19 @@ if [ "$guests" = 1 ]; then
         echo "setup: installing componentize-py 0.25.1 into $venv"
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q componentize-py==0.25.1
+    fi
+    # componentize-js needs Node 18 or later (tested with 20), and npm.
+    node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+    if ! command -v npm >/dev/null 2>&1 || [ "$(node_major)" -lt 18 ]; then
+        echo "setup: installing Node.js and npm (Debian's nodejs, npm)"
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+        if [ "$(node_major)" -lt 18 ]; then
+            echo "setup: componentize-js needs Node 18 or later; this machine has $(node --version 2>/dev/null || echo none)" >&2
+            exit 1
+        fi
     fi
     js="$root/plugins/heartbeat-js"
     if [ ! -x "$js/node_modules/.bin/componentize-js" ]; then

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::election::{Election, ElectionState};
+use crate::exposition::Format;
 use crate::metrics::Metrics;
 
 /// What the handlers read.
@@ -49,9 +50,12 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, election: Election) {
     });
 }
 
-async fn metrics_text(State(endpoint): State<Endpoint>) -> impl IntoResponse {
-    let text = endpoint.metrics.render(&endpoint.election);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+async fn metrics_text(State(endpoint): State<Endpoint>, headers: HeaderMap) -> impl IntoResponse {
+    // Prometheus text unless the scraper asks for OpenMetrics.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let text = format.encode(&endpoint.metrics.render(&endpoint.election));
+    ([(header::CONTENT_TYPE, format.content_type())], text)
 }
 
 async fn healthz(State(endpoint): State<Endpoint>) -> impl IntoResponse {

@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod clock;
 pub mod election;
+pub mod exposition;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -63,6 +63,7 @@ pub struct Metrics {
     is_leader: Gauge,
     term: Gauge,
     lease_remaining: Gauge<f64, AtomicU64>,
+    lease_length: Gauge<f64, AtomicU64>,
     state: Family<StateLabel, Gauge>,
     transitions: Family<EventLabel, Counter>,
     hook_duration: Family<HookLabel, Histogram>,
@@ -104,6 +105,12 @@ impl Metrics {
             "Time left on the leader's lease, 0 when not leading",
             lease_remaining.clone(),
         );
+        let lease_length = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lease_seconds",
+            "How long one renewal lets a leader work (half the lease period), 0 before a session",
+            lease_length.clone(),
+        );
         let state = Family::<StateLabel, Gauge>::default();
         registry.register("state", "1 for the participant's current election state", state.clone());
         let transitions = Family::<EventLabel, Counter>::default();
@@ -143,6 +150,7 @@ impl Metrics {
             is_leader,
             term,
             lease_remaining,
+            lease_length,
             state,
             transitions,
             hook_duration,
@@ -200,8 +208,8 @@ impl Metrics {
         self.beat.lock().unwrap().elapsed() < self.liveness
     }
 
-    /// The registry as Prometheus text (OpenMetrics), with what the
-    /// election holds right now.
+    /// The registry as OpenMetrics text, with what the election holds
+    /// right now ([`crate::exposition`] turns it into Prometheus text).
     pub fn render(&self, election: &Election) -> String {
         let mut reconnects_seen = self.scrape.lock().unwrap();
         let current = election.state();
@@ -216,6 +224,9 @@ impl Metrics {
         self.is_leader.set(leading as i64);
         self.term.set(term as i64);
         self.lease_remaining.set(remaining.as_secs_f64());
+        // Alerts compare the time left with this: a healthy leader renews
+        // with at least two thirds of it left (docs/election.md).
+        self.lease_length.set(election.timing().map_or(0.0, |t| t.lease.as_secs_f64()));
         let name = state_name(&current);
         for state in STATES {
             self.state.get_or_create(&StateLabel { state }).set((state == name) as i64);

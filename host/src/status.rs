@@ -112,6 +112,19 @@ pub struct ElectionStatus {
     pub exists: bool,
     /// Everyone in line, the first in line first.
     pub participants: Vec<Member>,
+    /// A lease node left by a leader that is no longer in line (it died or
+    /// was taken over): while it is there, the first in line waits for its
+    /// deadline before it leads.
+    pub stale_lease: Option<StaleLease>,
+}
+
+/// The lease node of a leader whose election node is gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaleLease {
+    /// The lease node's name.
+    pub node: String,
+    /// The lease, judged by this host's clock.
+    pub lease: LeaseStatus,
 }
 
 impl ElectionStatus {
@@ -139,6 +152,14 @@ pub enum StatusError {
         /// What the client said.
         error: String,
     },
+    /// The ensemble refused the session's credentials.
+    #[error("the ZooKeeper ensemble {zk} refused the credentials: {error}")]
+    NotAuthorized {
+        /// The ensemble.
+        zk: String,
+        /// What the client said.
+        error: String,
+    },
     /// A request failed.
     #[error("reading election {election} failed: {error}")]
     Failed {
@@ -147,6 +168,24 @@ pub enum StatusError {
         /// What the client said.
         error: zk::Error,
     },
+}
+
+impl StatusError {
+    /// Whether the ensemble refused these credentials, or their ACL denies
+    /// reading the election: a configuration problem, not a missing leader.
+    pub fn not_authorized(&self) -> bool {
+        matches!(self, StatusError::NotAuthorized { .. })
+            || matches!(self, StatusError::Failed { error: zk::Error::NoAuth, .. })
+    }
+
+    /// A short machine-readable name for `status --json`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StatusError::Unreachable { .. } => "unreachable",
+            _ if self.not_authorized() => "not-authorized",
+            StatusError::NotAuthorized { .. } | StatusError::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// A connected session for reading elections.
@@ -167,6 +206,9 @@ impl Reader {
         let connector = zk::Client::connector().with_session_timeout(timeout).with_fail_eagerly();
         let client = match tokio::time::timeout(timeout, access.connect(connector, &servers)).await {
             Ok(Ok(client)) => client,
+            Ok(Err(e @ zk::Error::AuthFailed)) => {
+                return Err(StatusError::NotAuthorized { zk: connect.to_string(), error: e.to_string() });
+            }
             Ok(Err(e)) => {
                 // A TLS failure looks like an unreachable ensemble to the
                 // client library: say which it is; else what the sockets say.
@@ -190,8 +232,12 @@ impl Reader {
     /// Reads the election, as of a `sync` through the ensemble's leader.
     pub async fn read(&self, election: &str) -> Result<ElectionStatus, StatusError> {
         let failed = |error| StatusError::Failed { election: election.to_string(), error };
-        let absent =
-            ElectionStatus { election: election.to_string(), exists: false, participants: Vec::new() };
+        let absent = ElectionStatus {
+            election: election.to_string(),
+            exists: false,
+            participants: Vec::new(),
+            stale_lease: None,
+        };
         match self.client.sync(election).await {
             Ok(()) => {}
             Err(zk::Error::NoNode) => return Ok(absent),
@@ -218,7 +264,35 @@ impl Reader {
             }
             participants.push(member);
         }
-        Ok(ElectionStatus { election: election.to_string(), exists: true, participants })
+        let stale_lease = match participants.first() {
+            Some(first) if first.role == "leader" => None,
+            first => {
+                let first_sequence = first.map(|m| m.sequence);
+                let stale = children.iter().find(|c| {
+                    node::holder(c).is_some_and(|(kind, sequence)| {
+                        kind == node::LeaseKind::Lease && Some(sequence) != first_sequence
+                    })
+                });
+                match stale {
+                    Some(name) => self.stale(&format!("{election}/{name}"), name).await.map_err(failed)?,
+                    None => None,
+                }
+            }
+        };
+        Ok(ElectionStatus { election: election.to_string(), exists: true, participants, stale_lease })
+    }
+
+    /// A departed leader's lease node, judged by the clocks alone (its
+    /// leader no longer renews it, so there is no renewal to wait for).
+    async fn stale(&self, path: &str, name: &str) -> Result<Option<StaleLease>, zk::Error> {
+        let (data, stat) = match self.client.get_data(path).await {
+            Ok(found) => found,
+            Err(zk::Error::NoNode) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let deadline_ms = LeaseRecord::from_bytes(&data).map_or(0, |r| r.deadline_ms);
+        let lease = judge(wall_ms() - stat.mtime, deadline_ms, stat.version);
+        Ok(Some(StaleLease { node: name.to_string(), lease }))
     }
 
     /// The lease in `path`, or `None` if the leader holds none.
@@ -240,7 +314,10 @@ impl Reader {
         // quarter of its deadline), so watch for two of them.
         let period = Duration::from_millis(deadline_ms / 2).min(self.timeout);
         let observed = match self.await_renewal(path, stat.version, period).await? {
-            None => return Ok(None),
+            // The lease node went while we watched: its session expired or
+            // its leader stood down. Either way the lease is over; saying
+            // "no lease yet" would hide that a leader just lapsed.
+            None => LeaseStatus { state: Freshness::Lapsed, ..judged },
             Some(true) => LeaseStatus {
                 state: Freshness::Fresh,
                 renewed_ms_ago: Some(0),
@@ -447,11 +524,29 @@ fn render_escaped(status: &ElectionStatus) -> String {
     }
     let leader = match (status.leader(), status.participants.first()) {
         (Some(m), _) => match (&m.lease, m.term) {
+            (Some(lease), Some(term)) if lease.state == Freshness::Lapsed => {
+                format!("nobody leads: {}'s lease of term {term} lapsed, {}", m.id, describe(lease))
+            }
             (Some(lease), Some(term)) => format!("{} leads with term {term}, {}", m.id, describe(lease)),
             _ => format!("{} leads (a {} participant: no lease)", m.id, kind_name(m.kind)),
         },
-        (None, Some(first)) => format!("nobody leads ({} is first in line, without a lease yet)", first.id),
-        (None, None) => "nobody leads".into(),
+        (None, first) => {
+            let next = first.map_or_else(String::new, |m| format!("; {} is first in line", m.id));
+            match &status.stale_lease {
+                Some(stale) if stale.lease.state == Freshness::Lapsed => format!(
+                    "nobody leads: the last leader's lease lapsed ({}, {}){next} and takes over",
+                    stale.node,
+                    describe(&stale.lease)
+                ),
+                Some(stale) => format!(
+                    "nobody leads: the last leader left, its lease not yet lapsed ({}, {}){next} and waits for it",
+                    stale.node,
+                    describe(&stale.lease)
+                ),
+                None if first.is_some() => format!("nobody leads{next}, without a lease yet"),
+                None => "nobody leads".into(),
+            }
+        }
     };
     let _ =
         writeln!(out, "election {}: {} participant(s), {leader}", status.election, status.participants.len());

@@ -44,6 +44,9 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The `addAuth` schemes ZooKeeper's servers provide.
+pub const AUTH_SCHEMES: [&str; 4] = ["digest", "sasl", "x509", "ip"];
+
 /// Credentials for ZooKeeper's `addAuth`: `SCHEME:CREDENTIALS`, e.g.
 /// `digest:user:password`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +68,15 @@ impl ZkAuth {
         if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(format!(
                 "bad ZooKeeper credentials in {from}: the scheme before the first ':' is missing or not a word"
+            ));
+        }
+        if !AUTH_SCHEMES.contains(&scheme) {
+            // `user:password` without its scheme reads as scheme `user`; an
+            // ensemble refuses an unknown scheme on every connect, so say so
+            // now rather than retry forever (never showing the secret).
+            return Err(format!(
+                "bad ZooKeeper credentials in {from}: unknown scheme '{scheme}' (ZooKeeper's are {}); for a user and password write digest:{scheme}:PASSWORD",
+                AUTH_SCHEMES.join(", ")
             ));
         }
         if credentials.is_empty() {

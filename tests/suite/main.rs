@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod containment;
 mod containment_text;
+mod docs;
 mod egress;
 mod egress_shadow;
 mod election;

@@ -1,5 +1,6 @@
 //! The `zkrun` command line: `run` (the default), `status` and `check`.
 
+mod output;
 pub mod security;
 pub mod settings;
 
@@ -33,6 +34,9 @@ pub mod exit {
     pub const PLUGIN: u8 = 3;
     /// ZooKeeper could not be reached (`status`, or `run --connect-timeout`).
     pub const UNREACHABLE: u8 = 4;
+    /// `status`: the ensemble refused the credentials, or the election's
+    /// ACL does not let them read it.
+    pub const NOT_AUTHORIZED: u8 = 5;
     /// A second SIGTERM/SIGINT cut the graceful shutdown short.
     pub const FORCED: u8 = 130;
 }
@@ -44,6 +48,7 @@ Exit codes:
   2    bad flags, configuration file, connect string or election path
   3    the plugin cannot be used (check, and run at start)
   4    ZooKeeper unreachable (status; run with --connect-timeout)
+  5    status: not authorized (credentials refused, or the ACL denies reading)
   130  a second SIGTERM/SIGINT cut the graceful shutdown short
 
 Signals (run): SIGTERM/SIGINT hand leadership over and exit; SIGHUP reloads the plugin.";
@@ -228,6 +233,16 @@ async fn serve(settings: RunSettings) -> u8 {
         allow_http = %settings.grants.http.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         "zkrun starting"
     );
+    if !plugin.interface().sends_http() && !settings.grants.http.is_empty() {
+        // A JavaScript build with `-d http`, or a Python one for the `job`
+        // world: the grant cannot be used, and the plugin's requests fail
+        // inside the guest with no word from zkrun otherwise.
+        warn!(
+            event = "http_grant_unused",
+            plugin = %settings.plugin.display(),
+            "--allow-http is given, but the plugin imports no wasi:http/outgoing-handler: it cannot send requests (build JavaScript with -d fetch-event, not -d http)"
+        );
+    }
     if plugin.interface().sends_http() && settings.grants.http.is_empty() {
         warn!(
             event = "http_not_granted",
@@ -330,28 +345,44 @@ fn status_command(args: StatusArgs) -> u8 {
         Ok(access) => access,
         Err(e) => return usage(e),
     };
+    let json = args.json;
+    let watch = args.watch;
+    // Each table of --watch starts with the time it was read.
     let show = |found: &status::ElectionStatus| {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(found).expect("status serializes"));
+        let text = if json {
+            format!("{}\n", serde_json::to_string_pretty(found).expect("status serializes"))
+        } else if watch {
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            format!("{now}  {}", status::render(found))
         } else {
-            print!("{}", status::render(found));
-        }
+            status::render(found)
+        };
+        output::print(&text)
     };
     let result = tokio_runtime().block_on(async {
+        if watch && !json {
+            // Connecting and the first read can take seconds (a lapsed
+            // lease is watched for two refresh periods): say so at once.
+            let _ = output::print(&format!("watching {election} on {connect} (Ctrl-C ends it)\n"));
+        }
         let reader = status::Reader::connect(&connect, &access, args.timeout).await?;
         let mut last = reader.read(&election).await?;
-        show(&last);
-        if args.watch {
-            // Until interrupted (or the session is lost).
+        if !show(&last).unwrap_or(false) {
+            return Ok(last);
+        }
+        if watch {
+            // Until interrupted, the reader goes, or the session is lost.
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let found = reader.read(&election).await?;
                 if status::changed(&last, &found) {
-                    if !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    if !json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                         // Clear the screen and redraw in place.
-                        print!("\x1b[2J\x1b[H");
+                        let _ = output::print("\x1b[2J\x1b[H");
                     }
-                    show(&found);
+                    if !show(&found).unwrap_or(false) {
+                        return Ok(found);
+                    }
                 }
                 last = found;
             }
@@ -361,13 +392,24 @@ fn status_command(args: StatusArgs) -> u8 {
     match result {
         Ok(found) if found.healthy() => exit::OK,
         Ok(_) => exit::NO_LEADER,
-        Err(e @ status::StatusError::Unreachable { .. }) => {
-            eprintln!("zkrun: {e}");
-            exit::UNREACHABLE
-        }
         Err(e) => {
+            let code = match &e {
+                status::StatusError::Unreachable { .. } => exit::UNREACHABLE,
+                e if e.not_authorized() => exit::NOT_AUTHORIZED,
+                _ => exit::FAILURE,
+            };
+            if json {
+                // A script parsing stdout gets JSON whatever happened.
+                let error = serde_json::json!({
+                    "election": election,
+                    "error": e.kind(),
+                    "message": e.to_string(),
+                    "exit_code": code,
+                });
+                let _ = output::print(&format!("{error:#}\n"));
+            }
             eprintln!("zkrun: {e}");
-            exit::FAILURE
+            code
         }
     }
 }
@@ -419,32 +461,39 @@ fn check(args: CheckArgs) -> u8 {
         return exit::PLUGIN;
     }
     let size = std::fs::metadata(&args.plugin).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "ok: {} is a zkrun:plugin/job component ({size} bytes, compiled in {} ms)",
+    let mut text = format!(
+        "ok: {} is a zkrun:plugin/job component ({size} bytes, compiled in {} ms)\n",
         args.plugin.display(),
         plugin.compile_time().as_millis()
     );
     if let Some(peak) = plugin.compile_peak() {
-        println!(
-            "compile memory: {} MiB peak (limit {} MiB, --compile-memory-limit)",
+        text += &format!(
+            "compile memory: {} MiB peak (limit {} MiB, --compile-memory-limit)\n",
             peak >> 20,
             config_memory >> 20
         );
     }
-    println!("exports:");
+    text += "exports:\n";
     for export in &plugin.interface().exports {
-        println!("  {export}");
+        text += &format!("  {export}\n");
     }
-    println!("imports:");
+    text += "imports:\n";
     for import in &plugin.interface().imports {
-        println!("  {import}");
+        text += &format!("  {import}\n");
     }
     if plugin.interface().sends_http() {
-        println!(
-            "needs grant: outgoing HTTP (wasi:http/outgoing-handler); leader hooks reach only URLs under --allow-http PREFIX, none by default"
-        );
+        text += "needs grant: outgoing HTTP (wasi:http/outgoing-handler); leader hooks reach only URLs under --allow-http PREFIX, none by default\n";
+    } else {
+        text += "no outgoing HTTP: imports no wasi:http/outgoing-handler, so an --allow-http grant would go unused\n";
     }
-    exit::OK
+    match output::print(&text) {
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Ok(_) => exit::OK,
+        Err(e) => {
+            eprintln!("zkrun: cannot write the report: {e}");
+            exit::FAILURE
+        }
+    }
 }
 
 /// `zkrun compile`: what a [`Compiler::Subprocess`] child runs.

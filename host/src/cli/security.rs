@@ -1,6 +1,8 @@
 //! The `--zk-auth`, `--zk-acl` and `--zk-tls-*` flags and the `[zk]` table
 //! of the configuration file: how `run` and `status` reach a secured
-//! ensemble. Flags override the file, which overrides `$ZKRUN_ZK_AUTH`.
+//! ensemble. Flags override the file, which overrides `$ZKRUN_ZK_AUTH`,
+//! which overrides systemd credentials (`zk-auth`, `zk-tls-ca`,
+//! `zk-tls-cert`, `zk-tls-key` in `$CREDENTIALS_DIRECTORY`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ pub struct SecurityArgs {
     /// ZooKeeper credentials, e.g. digest:user:password (shows in ps: prefer --zk-auth-file or $ZKRUN_ZK_AUTH)
     #[arg(long, value_name = "SCHEME:CREDENTIALS", value_parser = Secret::from_arg, conflicts_with = "zk_auth_file")]
     pub zk_auth: Option<Secret>,
-    /// File holding SCHEME:CREDENTIALS [default: $ZKRUN_ZK_AUTH if set]
+    /// File holding SCHEME:CREDENTIALS [default: $ZKRUN_ZK_AUTH if set, else $CREDENTIALS_DIRECTORY/zk-auth if present]
     #[arg(long, value_name = "FILE")]
     pub zk_auth_file: Option<PathBuf>,
     /// ACL of every node zkrun creates (repeatable): creator:PERMS, world:PERMS or SCHEME:ID:PERMS, PERMS in rwcda or all [default: creator:all and world:r with credentials, else world:all]
@@ -96,12 +98,15 @@ impl SecurityArgs {
             && !text.is_empty()
         {
             Some(ZkAuth::parse(&Secret::new(text), &format!("${AUTH_ENV}"))?)
+        } else if let Some(path) = credential("zk-auth") {
+            Some(ZkAuth::from_file(&path)?)
         } else {
             None
         };
-        let ca = self.zk_tls_ca.or(file.tls.ca.map(|p| base.join(p)));
-        let cert = self.zk_tls_cert.or(file.tls.cert.map(|p| base.join(p)));
-        let key = self.zk_tls_key.or(file.tls.key.map(|p| base.join(p)));
+        let ca = self.zk_tls_ca.or(file.tls.ca.map(|p| base.join(p))).or_else(|| credential("zk-tls-ca"));
+        let cert =
+            self.zk_tls_cert.or(file.tls.cert.map(|p| base.join(p))).or_else(|| credential("zk-tls-cert"));
+        let key = self.zk_tls_key.or(file.tls.key.map(|p| base.join(p))).or_else(|| credential("zk-tls-key"));
         let tls = match ca {
             Some(ca) => Some(ZkTls::load(&ca, cert.as_deref(), key.as_deref())?),
             None if cert.is_some() || key.is_some() => {
@@ -114,6 +119,16 @@ impl SecurityArgs {
         let acl = if self.zk_acl.is_empty() { file.acl.unwrap_or_default() } else { self.zk_acl };
         ZkAccess::new(auth, tls, &acl)
     }
+}
+
+/// The file systemd's `LoadCredential=NAME:…` put in
+/// `$CREDENTIALS_DIRECTORY`, if there is one: under `DynamicUser=yes` zkrun
+/// cannot read a root-owned file itself, and systemd hands it a private
+/// copy there. Used only when no flag, file setting or variable names one.
+fn credential(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty())?;
+    let path = Path::new(&dir).join(name);
+    path.exists().then_some(path)
 }
 
 #[cfg(test)]
