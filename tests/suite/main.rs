@@ -8,6 +8,7 @@ mod containment;
 mod egress;
 mod election;
 mod guests;
+mod model;
 mod ops;
 mod runtime;
 mod security;
