@@ -12,6 +12,7 @@ mod egress_shadow;
 mod election;
 mod guests;
 mod hostmem;
+mod model;
 mod ops;
 mod runtime;
 mod security;
