@@ -290,7 +290,11 @@ impl Fleet {
             .unwrap_or(0);
         if last_old_tick > t1 {
             self.overlaps += 1;
-            eprintln!("{} {} round {round}: {leader_id} ticked after {successor} started", self.kind.name(), self.label);
+            eprintln!(
+                "{} {} round {round}: {leader_id} ticked after {successor} started",
+                self.kind.name(),
+                self.label
+            );
         }
         let mut old = self.processes.remove(leader);
         if old.wait_exit(Duration::from_secs(20)).is_none() {
@@ -750,7 +754,8 @@ fn main() {
 
     eprintln!("graceful handover, peers interleaved round by round, the floor measured each round");
     let mut floor_samples = (Vec::new(), Vec::new());
-    let (graceful, o1) = handovers(&mut bench, &kinds, libc::SIGTERM, graceful_rounds, Some((&tokio, &mut floor_samples)));
+    let (graceful, o1) =
+        handovers(&mut bench, &kinds, libc::SIGTERM, graceful_rounds, Some((&tokio, &mut floor_samples)));
     let (floor_watch, floor_read) = floor_samples;
     eprintln!(
         "floor: one quorum write and its watch: median {:.2} ms; and one read after it: {:.2} ms",
@@ -769,7 +774,8 @@ fn main() {
         failover.insert(kind.name(), rounds);
         eprintln!("{}: {scale_n} participants", kind.name());
         scales.insert(kind.name(), scale(&mut bench, kind, scale_n, scale_rounds));
-        overlaps.insert(kind.name(), o1.get(kind.name()).unwrap_or(&0) + o2.get(kind.name()).unwrap_or(&0) + o3);
+        overlaps
+            .insert(kind.name(), o1.get(kind.name()).unwrap_or(&0) + o2.get(kind.name()).unwrap_or(&0) + o3);
     }
     let alone = kinds.contains(&Kind::Zkrun).then(|| zkrun_alone(&mut bench, smoke));
 
