@@ -250,50 +250,98 @@ fn stop_all(processes: &mut [Process]) {
     }
 }
 
-/// Leader gets SIGTERM (graceful) or SIGKILL (crash); the time until the
-/// successor's job starts. Also counts rounds where the old leader's job
-/// ticked after the successor's started.
-fn handovers(bench: &mut Bench, kind: Kind, signal: i32, rounds: usize) -> (Vec<f64>, usize) {
-    let label = if signal == libc::SIGTERM { "graceful" } else { "crash" };
-    let election = format!("/bench/{}/{label}", kind.name());
-    let mut processes: Vec<Process> = (0..3).map(|_| bench.spawn(kind, &election, 1)).collect();
-    wait_elected(&processes.iter().collect::<Vec<_>>(), None, 0);
-    let mut samples = Vec::new();
-    let mut overlaps = 0;
-    for round in 0..rounds {
-        std::thread::sleep(SETTLE);
-        let all: Vec<&Process> = processes.iter().collect();
+/// Three participants of one peer in one election, handing the lead over
+/// round after round: the leader gets SIGTERM (graceful) or SIGKILL (crash)
+/// and is replaced by a fresh participant, so every round starts alike.
+struct Fleet {
+    kind: Kind,
+    label: &'static str,
+    election: String,
+    processes: Vec<Process>,
+    /// Rounds where the old leader's job ticked after the successor's started.
+    overlaps: usize,
+}
+
+impl Fleet {
+    fn start(bench: &mut Bench, kind: Kind, signal: i32) -> Fleet {
+        let label = if signal == libc::SIGTERM { "graceful" } else { "crash" };
+        let election = format!("/bench/{}/{label}", kind.name());
+        let processes: Vec<Process> = (0..3).map(|_| bench.spawn(kind, &election, 1)).collect();
+        wait_elected(&processes.iter().collect::<Vec<_>>(), None, 0);
+        Fleet { kind, label, election, processes, overlaps: 0 }
+    }
+
+    /// One handover: the time (ms) from the signal to the successor's job
+    /// starting.
+    fn handover(&mut self, bench: &mut Bench, signal: i32, round: usize) -> f64 {
+        let all: Vec<&Process> = self.processes.iter().collect();
         let leader_id = zkrun_tests::wait_for("a leader", WAIT, || current_leader(&all));
-        let leader = processes.iter().position(|p| p.id == leader_id).expect("leader is one of ours");
+        let leader = self.processes.iter().position(|p| p.id == leader_id).expect("leader is one of ours");
         let t0 = monotonic_ns();
-        processes[leader].signal(signal);
-        let all: Vec<&Process> = processes.iter().collect();
+        self.processes[leader].signal(signal);
+        let all: Vec<&Process> = self.processes.iter().collect();
         let (successor, t1) = wait_elected(&all, Some(&leader_id), t0);
-        samples.push(ms(t1 - t0));
         // The job must never run on two hosts at once.
-        let last_old_tick = timeline(&[&processes[leader]])
+        let last_old_tick = timeline(&[&self.processes[leader]])
             .iter()
             .filter(|(_, what, _)| *what == Said::Tick)
             .map(|(_, _, at)| *at)
             .max()
             .unwrap_or(0);
         if last_old_tick > t1 {
-            overlaps += 1;
-            eprintln!("{} {label} round {round}: {leader_id} ticked after {successor} started", kind.name());
+            self.overlaps += 1;
+            eprintln!(
+                "{} {} round {round}: {leader_id} ticked after {successor} started",
+                self.kind.name(),
+                self.label
+            );
         }
-        let mut old = processes.remove(leader);
+        let mut old = self.processes.remove(leader);
         if old.wait_exit(Duration::from_secs(20)).is_none() {
             old.kill();
         }
-        processes.push(bench.spawn(kind, &election, 1));
-        eprintln!("  {} {label} {}/{rounds}: {:.1} ms", kind.name(), round + 1, ms(t1 - t0));
+        self.processes.push(bench.spawn(self.kind, &self.election, 1));
+        ms(t1 - t0)
     }
-    stop_all(&mut processes);
+
+    fn stop(mut self) -> usize {
+        stop_all(&mut self.processes);
+        self.overlaps
+    }
+}
+
+/// Handovers of every peer, interleaved round by round (peer order rotating
+/// each round), so that load drifting over the run hits every peer alike.
+/// With `floor`, each round also measures the floor once, in the same run.
+fn handovers(
+    bench: &mut Bench,
+    kinds: &[Kind],
+    signal: i32,
+    rounds: usize,
+    mut floor_samples: Option<(&tokio::runtime::Runtime, &mut (Vec<f64>, Vec<f64>))>,
+) -> (BTreeMap<&'static str, Vec<f64>>, BTreeMap<&'static str, usize>) {
+    let mut fleets: Vec<Fleet> = kinds.iter().map(|&kind| Fleet::start(bench, kind, signal)).collect();
+    let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        if let Some((tokio, (watched, read))) = floor_samples.as_mut() {
+            std::thread::sleep(SETTLE);
+            let (w, r) = tokio.block_on(floor(&bench.zk, 1));
+            watched.extend(w);
+            read.extend(r);
+        }
+        let peers = fleets.len();
+        for i in 0..peers {
+            let fleet = &mut fleets[(round + i) % peers];
+            std::thread::sleep(SETTLE);
+            let sample = fleet.handover(bench, signal, round);
+            eprintln!("  {} {} {}/{rounds}: {sample:.1} ms", fleet.kind.name(), fleet.label, round + 1);
+            samples.entry(fleet.kind.name()).or_default().push(sample);
+        }
+    }
+    let overlaps = fleets.into_iter().map(|f| (f.kind.name(), f.stop())).collect();
     (samples, overlaps)
 }
 
-/// Kills the ZooKeeper server the leader talks to: how long the job paused,
-/// and whether leadership changed hands.
 fn failovers(bench: &mut Bench, kind: Kind, rounds: usize) -> (Vec<Value>, usize) {
     let election = format!("/bench/{}/failover", kind.name());
     let mut processes: Vec<Process> = (0..3).map(|_| bench.spawn(kind, &election, 1)).collect();
@@ -388,12 +436,14 @@ fn scale(bench: &mut Bench, kind: Kind, n: usize, rounds: usize) -> Value {
         };
         std::thread::sleep(Duration::from_secs(2));
         watches = bench.ensemble.watch_count();
-        // Requests the ensemble receives in a quiet second (mostly pings,
+        // Requests the ensemble receives in a quiet while (mostly pings,
         // and the polling recipe's polls), then in the second of a handover.
         // Packets sent are the replies plus the watch notifications.
         let (p0, s0) = (bench.mntr("zk_packets_received"), bench.mntr("zk_packets_sent"));
+        // Longer than a ping period (3/10 of the session timeout), so every
+        // idle connection's keep-alive is counted.
         let quiet = Instant::now();
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(bench.session_timeout.max(Duration::from_secs(1)));
         let (p1, s1) = (bench.mntr("zk_packets_received"), bench.mntr("zk_packets_sent"));
         let quiet = quiet.elapsed().as_secs_f64();
         let rate = (p1 - p0) as f64 / quiet;
@@ -701,31 +751,31 @@ fn main() {
 
     // Warm the servers' JIT up before measuring anything.
     tokio.block_on(floor(&bench.zk, if smoke { 20 } else { 200 }));
-    let (floor_watch, floor_read) = tokio.block_on(floor(&bench.zk, if smoke { 5 } else { 60 }));
+
+    eprintln!("graceful handover, peers interleaved round by round, the floor measured each round");
+    let mut floor_samples = (Vec::new(), Vec::new());
+    let (graceful, o1) =
+        handovers(&mut bench, &kinds, libc::SIGTERM, graceful_rounds, Some((&tokio, &mut floor_samples)));
+    let (floor_watch, floor_read) = floor_samples;
     eprintln!(
         "floor: one quorum write and its watch: median {:.2} ms; and one read after it: {:.2} ms",
         median(&floor_watch),
         median(&floor_read)
     );
+    eprintln!("crash handover, peers interleaved round by round");
+    let (crash, o2) = handovers(&mut bench, &kinds, libc::SIGKILL, crash_rounds, None);
 
-    let mut graceful = BTreeMap::new();
-    let mut crash = BTreeMap::new();
     let mut failover = BTreeMap::new();
     let mut scales = BTreeMap::new();
     let mut overlaps: BTreeMap<&str, usize> = BTreeMap::new();
     for &kind in &kinds {
-        eprintln!("{}: graceful handover", kind.name());
-        let (samples, o1) = handovers(&mut bench, kind, libc::SIGTERM, graceful_rounds);
-        graceful.insert(kind.name(), samples);
-        eprintln!("{}: crash handover", kind.name());
-        let (samples, o2) = handovers(&mut bench, kind, libc::SIGKILL, crash_rounds);
-        crash.insert(kind.name(), samples);
         eprintln!("{}: ensemble failover", kind.name());
         let (rounds, o3) = failovers(&mut bench, kind, failover_rounds);
         failover.insert(kind.name(), rounds);
         eprintln!("{}: {scale_n} participants", kind.name());
         scales.insert(kind.name(), scale(&mut bench, kind, scale_n, scale_rounds));
-        overlaps.insert(kind.name(), o1 + o2 + o3);
+        overlaps
+            .insert(kind.name(), o1.get(kind.name()).unwrap_or(&0) + o2.get(kind.name()).unwrap_or(&0) + o3);
     }
     let alone = kinds.contains(&Kind::Zkrun).then(|| zkrun_alone(&mut bench, smoke));
 

@@ -583,3 +583,45 @@ fn a_config_file_drives_a_participant_and_flags_override_it() {
         e.kind() == "plugin_log" && e.message().starts_with("from-flag: term")
     });
 }
+
+/// A cold start of a large component (the 18 MB Python heartbeat) says that
+/// it compiles before it does, and a SIGTERM in the middle of the compile
+/// ends zkrun cleanly (exit 0), before it has joined anything. Nothing
+/// listens on the ZooKeeper port given: a participant that got as far as
+/// connecting would say so.
+#[test]
+fn a_cold_start_says_it_compiles_and_stops_on_sigterm_mid_compile() {
+    let cache = TempDir::new("cold-start-cache");
+    let port = free_ports(1)[0];
+    let started = std::time::Instant::now();
+    let mut p = Process::zkrun(
+        "cold",
+        &[
+            OsString::from("--zk"),
+            format!("127.0.0.1:{port}").into(),
+            "--election".into(),
+            "/zkrun/cli/cold".into(),
+            "--plugin".into(),
+            paths::plugin("heartbeat-py").into(),
+            "--cache-dir".into(),
+            cache.path().into(),
+        ],
+    );
+    let compiling = p.wait_event("compiling", SOON, |e| e.kind() == "compiling");
+    eprintln!("compiling line {} ms after the start", started.elapsed().as_millis());
+    assert_eq!(compiling.json["cached"], false, "{}", p.dump());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        p.events().iter().all(|e| e.kind() != "starting"),
+        "the compile ended too soon to test: {}",
+        p.dump()
+    );
+    let signalled = std::time::Instant::now();
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(SOON).expect("a SIGTERM mid-compile must end the process");
+    eprintln!("exited {} ms after the SIGTERM", signalled.elapsed().as_millis());
+    assert_eq!(status.code(), Some(0), "{}", p.dump());
+    p.wait_event("shutdown", SOON, |e| e.kind() == "shutdown");
+    let joined = ["starting", "session", "joined", "zk_unreachable"];
+    assert!(p.events().iter().all(|e| !joined.contains(&e.kind())), "{}", p.dump());
+}

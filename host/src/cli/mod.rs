@@ -132,6 +132,10 @@ struct CheckArgs {
     /// Accept precompiled code from `zkrun compile`
     #[arg(long)]
     trust_precompiled: bool,
+    /// Use (and fill) the compiled-code cache, as `zkrun run` does, instead
+    /// of compiling afresh: for authors who check often
+    #[arg(long)]
+    cached: bool,
 }
 
 /// Parses the command line and runs the command; returns the exit code.
@@ -164,10 +168,27 @@ fn run(args: RunArgs) -> u8 {
     if let Err(message) = logging::init(settings.log_format, &settings.log_level) {
         return usage(message);
     }
-    tokio_runtime().block_on(serve(settings))
+    let tokio = tokio_runtime();
+    let code = tokio.block_on(serve(settings));
+    // A shutdown during the first compile leaves its thread blocked on the
+    // compiler child (killed with us): do not wait for it.
+    tokio.shutdown_timeout(Duration::from_millis(100));
+    code
 }
 
+/// How often a long first compile says it is still going.
+const COMPILE_PROGRESS: Duration = Duration::from_secs(5);
+
 async fn serve(settings: RunSettings) -> u8 {
+    // First of all, so that SIGTERM/SIGINT during a long first compile end
+    // the process cleanly (exit 0, nothing joined yet).
+    let mut signals = match forward_signals() {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!(event = "fatal", error = %e, "cannot install signal handlers");
+            return exit::FAILURE;
+        }
+    };
     let runtime = match Runtime::new(RuntimeConfig {
         memory_limit: settings.memory_limit,
         hook_timeout: settings.hook_timeout,
@@ -195,7 +216,26 @@ async fn serve(settings: RunSettings) -> u8 {
     // before joining.
     let path = settings.plugin.clone();
     let loader = runtime.clone();
-    let plugin = match tokio::task::spawn_blocking(move || loader.load(&path)).await {
+    let mut load = tokio::task::spawn_blocking(move || loader.load(&path));
+    let started = std::time::Instant::now();
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + COMPILE_PROGRESS, COMPILE_PROGRESS);
+    let loaded = loop {
+        tokio::select! {
+            loaded = &mut load => break loaded,
+            _ = progress.tick() => info!(
+                event = "compiling_progress",
+                plugin = %settings.plugin.display(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "still compiling the plugin"
+            ),
+            Some(signal) = signals.recv() => if signal == Signal::Shutdown {
+                info!(event = "shutdown", id = settings.id, "stopped while compiling the plugin, before joining the election");
+                return exit::OK;
+            },
+        }
+    };
+    let plugin = match loaded {
         Ok(Ok(plugin)) => plugin,
         Ok(Err(e)) => {
             error!(event = "plugin_rejected", id = settings.id, error = %e, "{e}");
@@ -260,13 +300,6 @@ async fn serve(settings: RunSettings) -> u8 {
         lease: settings.lease,
         access: settings.zk_access.clone(),
     });
-    let signals = match forward_signals() {
-        Ok(signals) => signals,
-        Err(e) => {
-            error!(event = "fatal", error = %e, "cannot install signal handlers");
-            return exit::FAILURE;
-        }
-    };
     status::warn_same_id(
         settings.zk.clone(),
         settings.zk_access.clone(),
@@ -428,8 +461,8 @@ fn check(args: CheckArgs) -> u8 {
         hook_timeout: args.hook_timeout.unwrap_or(defaults.hook_timeout),
         memory_limit: args.memory_limit.unwrap_or(defaults.memory_limit),
         compile: CompileLimits {
-            // check compiles afresh: it says how long compiling takes.
-            cache: None,
+            // check compiles afresh unless asked: it says how long compiling takes.
+            cache: if args.cached { crate::plugin::default_cache_dir() } else { None },
             trust_precompiled: args.trust_precompiled,
             max_size: args.max_component_size.map_or(defaults.compile.max_size, |n| n as u64),
             timeout: args.compile_timeout.unwrap_or(defaults.compile.timeout),

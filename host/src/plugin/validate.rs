@@ -259,6 +259,14 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
     if let Some(component) = cache.as_ref().and_then(|c| c.load(engine, &sha256)) {
         return Ok(Compiled { component, sha256, cached: true, compile_peak: None });
     }
+    tracing::info!(
+        event = "compiling",
+        plugin = %path.display(),
+        size,
+        cached = false,
+        "compiling {} ({size} bytes, not in the compiled-code cache)",
+        path.display()
+    );
     let mut compile_peak = None;
     let (component, serialized) = match &limits.compiler {
         Compiler::InProcess => {
