@@ -19,8 +19,9 @@ for arg in "$@"; do
     esac
 done
 
-# Debian packages: ZooKeeper for the ensemble the tests and demo start.
-packages=(zookeeper)
+# Debian packages: ZooKeeper for the ensemble the tests and demo start;
+# faketime (libfaketime) for the chaos ClockSkew fault.
+packages=(zookeeper faketime)
 # Without a rustup wasm32-wasip2 target (it cannot be downloaded on these
 # machines), Debian's Rust with its std source builds the plugins.
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
