@@ -33,7 +33,7 @@
 //!    in ZooKeeper version order their terms never go back (puts are known
 //!    from their writers' records and from every participant's reads).
 //!
-//! Properties 10 to 14 (independent lease bounds, byte-level egress, the
+//! Properties 11 to 15 (independent lease bounds, byte-level egress, the
 //! quota, liveness, observable decisions) are in [`crate::properties`].
 
 use std::collections::{BTreeMap, BTreeSet};

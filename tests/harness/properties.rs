@@ -1,23 +1,23 @@
-//! The chaos checker's properties 10 to 14 (1 to 9 are in
-//! [`crate::checker`]), each of which a mutant of zkrun once slipped past:
+//! The chaos checker's properties 11 to 15 (1 to 10 are in
+//! [`crate::checker`] and the runner), each of which a mutant of zkrun once slipped past:
 //!
-//! 10. **independent bounds**: every lease the host logged is checked
+//! 11. **independent bounds**: every lease the host logged is checked
 //!     against T and L from the run's configuration, not against numbers
 //!     the host derived: work may end no later than `proof + L/2`, the
 //!     deadline no later than `proof + 2L/3`, both before `proof + T`, and
 //!     the proof is not in the host's future;
-//! 11. **byte-level egress**: no byte of a stamped HTTP request reaches the
+//! 12. **byte-level egress**: no byte of a stamped HTTP request reaches the
 //!     receiver after its sender's leadership window (of that term) ended,
 //!     beyond [`BYTE_SLACK_NS`]; requests cut off mid-body count too;
-//! 12. **quota**: a state write the witness logged as refused for the quota
+//! 13. **quota**: a state write the witness logged as refused for the quota
 //!     never landed, and ZooKeeper's stored state stays under the byte quota;
-//! 13. **liveness**: a graceful handover (SIGTERM of a leader on healthy
+//! 14. **liveness**: a graceful handover (SIGTERM of a leader on healthy
 //!     links) takes at most [`handover_bound`]; after each fault heals,
 //!     someone ticks within [`heal_bound`] of its kind; with a slow head of
 //!     line someone ticks within `3L + 1 s` of the leader's stop; with the
 //!     leader frozen and the next in line's connection reset, the takeover
 //!     comes within `1.15 L + 0.5 s` (1.5 × its normal time);
-//! 14. **observable decisions**: no `lead_decision` with `path=shortcut`
+//! 15. **observable decisions**: no `lead_decision` with `path=shortcut`
 //!     while another participant's lease node certainly existed.
 //!
 //! Each has a test that feeds it a planted failure (`tests/suite/chaos.rs`).
@@ -72,7 +72,7 @@ fn period(history: &History) -> (Duration, Duration) {
     (history.lease.map_or(t, |lease| lease.min(t)), t)
 }
 
-/// Checks properties 10 to 14, adding what it finds to `report`.
+/// Checks properties 11 to 15, adding what it finds to `report`.
 pub fn check_more(history: &History, windows: &[Window], report: &mut Report) {
     check_lease_bounds(&history.events, history, report);
     check_egress_bytes(&history.arrivals, windows, report);
@@ -81,7 +81,7 @@ pub fn check_more(history: &History, windows: &[Window], report: &mut Report) {
     check_decisions(&history.events, history, report);
 }
 
-/// Property 10.
+/// Property 11.
 fn check_lease_bounds(events: &[(String, Event)], history: &History, report: &mut Report) {
     let (l, t) = period(history);
     let (l, t) = (l.as_nanos() as u64, t.as_nanos() as u64);
@@ -127,7 +127,7 @@ fn check_lease_bounds(events: &[(String, Event)], history: &History, report: &mu
     }
 }
 
-/// Property 11.
+/// Property 12.
 fn check_egress_bytes(arrivals: &[ByteArrival], windows: &[Window], report: &mut Report) {
     for a in arrivals {
         // The window of that term in which the request began.
@@ -167,7 +167,7 @@ pub fn burst_tag(text: &str) -> Option<&str> {
     words.next().map(|w| w.trim_end_matches(':'))
 }
 
-/// Property 12.
+/// Property 13.
 fn check_quota(history: &History, report: &mut Report) {
     let refused: BTreeMap<&str, &str> = history
         .events
@@ -233,7 +233,7 @@ fn leading_at(events: &[(String, Event)], id: &str, at: u64) -> bool {
         .is_some_and(|(_, e)| matches!(e.kind(), "elected" | "resumed"))
 }
 
-/// Property 13.
+/// Property 14.
 fn check_liveness(history: &History, report: &mut Report) {
     let (l, t) = period(history);
     let events = &history.events;
@@ -356,7 +356,7 @@ fn lease_node_stood(events: &[(String, Event)], other: &str, at: u64, t: Duratio
     !removed
 }
 
-/// Property 14.
+/// Property 15.
 fn check_decisions(events: &[(String, Event)], history: &History, report: &mut Report) {
     let mut decisions = Decisions::default();
     let ids: Vec<&str> = {

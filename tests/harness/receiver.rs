@@ -45,6 +45,8 @@ struct Shared {
     arrivals: Mutex<Vec<Arrival>>,
     /// Requests whose head arrived but whose body was cut off.
     cut_off: Mutex<Vec<Arrival>>,
+    /// Request heads that arrived (bodies may still be under way).
+    heads: AtomicU64,
     highest_term: AtomicU64,
     /// Arrivals whose term was lower than one that arrived before.
     out_of_order: AtomicU64,
@@ -112,6 +114,11 @@ impl Receiver {
         self.shared.cut_off.lock().unwrap().clone()
     }
 
+    /// How many request heads arrived so far (their bodies may be under way).
+    pub fn heads(&self) -> u64 {
+        self.shared.heads.load(Ordering::Acquire)
+    }
+
     /// How many held requests the client dropped before the answer.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Acquire)
@@ -144,6 +151,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
         stamps.first = first;
         stamps.reads = reads;
         let Some((path, headers)) = read_head(&mut reader) else { return };
+        shared.heads.fetch_add(1, Ordering::AcqRel);
         let body = read_body(&mut reader, &headers);
         let header =
             |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());

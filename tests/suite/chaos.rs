@@ -489,3 +489,71 @@ fn a_shortcut_past_a_standing_lease_is_flagged() {
     events.push(decision("w2", "guess", 3060));
     assert_eq!(found(&history(events, None), "lead_decision").len(), 1);
 }
+
+/// Byte-level egress for one request, against a real ensemble and the real
+/// witness: a body streamed in 30 chunks 40 ms apart is under way when the
+/// leader is cut off from ZooKeeper (`--lease 1s`: work may run 500 ms past
+/// the last proof). The request must be cut off, and its last byte must
+/// reach the receiver no later than the host's last logged lease end (plus
+/// the checker's 2 ms of slack): zkrun checks the permit on every write.
+#[test]
+fn no_byte_of_a_slow_request_arrives_after_its_lease_ended() {
+    use zkrun_tests::process::participant_args;
+    use zkrun_tests::properties::BYTE_SLACK_NS;
+    use zkrun_tests::receiver::Receiver;
+    use zkrun_tests::{Ensemble, EnsembleOptions, Process, Proxy, paths, wait_for};
+
+    const SOON: Duration = Duration::from_secs(30);
+    let ensemble = Ensemble::start_with(EnsembleOptions { servers: 1, ..EnsembleOptions::default() });
+    let receiver = Receiver::start();
+    let base = receiver.base_url();
+    let proxy = Proxy::start(&ensemble.client_addrs());
+    let url = format!("url={base}tick");
+    let extra = [
+        "--lease", "1s", "--log-level", "info,zkrun::election::machine=debug", "--plugin-config", &url,
+        "--plugin-config", "slow-body=always", "--plugin-config", "slow-chunks=30", "--allow-http", &base,
+        "--hook-timeout", "100s", "--http-timeout", "100s",
+    ];
+    let args = participant_args(
+        &proxy.connect_string(),
+        "/zkrun/proof/bytes",
+        &paths::plugin("witness"),
+        "100ms",
+        "4s",
+        &extra,
+    );
+    let leader = Process::zkrun("bytes", &args);
+    leader.wait_event("elected", SOON, |e| e.kind() == "elected");
+    let heads = receiver.heads();
+    wait_for("a slow request under way", SOON, || (receiver.heads() > heads).then_some(()));
+    std::thread::sleep(Duration::from_millis(40));
+    proxy.partition();
+    leader.wait_event("the lease lost", SOON, |e| matches!(e.kind(), "suspended" | "demoted"));
+    // Long enough for any byte still let out to arrive.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let lease_end = leader
+        .events()
+        .iter()
+        .filter(|e| e.kind() == "lease")
+        .filter_map(|e| e.json["lease_end_ns"].as_u64())
+        .max()
+        .expect("the host logged its leases");
+    let cut = receiver.cut_off();
+    assert!(!cut.is_empty(), "the slow request was not cut off; whole ones: {:?}", receiver.arrivals());
+    for a in receiver.arrivals().iter().chain(&cut) {
+        assert!(
+            a.last_byte_ns <= lease_end + BYTE_SLACK_NS,
+            "a byte of a request of term {:?} arrived {:?} after the lease ended ({} chunks)",
+            a.term,
+            Duration::from_nanos(a.last_byte_ns - lease_end),
+            a.chunks
+        );
+    }
+    let last = cut.iter().map(|a| a.last_byte_ns).max().unwrap_or(0);
+    eprintln!(
+        "cut-off request: {} chunks, its last byte {:?} before the lease end",
+        cut[0].chunks,
+        Duration::from_nanos(lease_end.saturating_sub(last))
+    );
+}

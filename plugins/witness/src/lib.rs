@@ -94,7 +94,8 @@ impl Guest for Witness {
             quota_burst(term, seq);
         }
         if let Some(url) = config("url") {
-            if config("slow-body").as_deref() == Some("on") && term % 3 == 1 {
+            let slow = config("slow-body");
+            if slow.as_deref() == Some("always") || (slow.as_deref() == Some("on") && term % 3 == 1) {
                 post_slowly(&url, term, seq);
             } else {
                 post(&url, term, seq);
@@ -157,7 +158,8 @@ fn post(url: &str, term: u64, seq: u64) {
     }
 }
 
-/// Chunks of a slow body.
+/// Chunks of a slow body (`--plugin-config slow-chunks=<N>` sets another
+/// number; `slow-body=always` streams slowly in every term).
 const SLOW_CHUNKS: u64 = 8;
 /// Time between two chunks of a slow body.
 const SLOW_GAP_MS: u64 = 40;
@@ -185,10 +187,11 @@ fn send_slowly(url: &str, term: u64, seq: u64) -> Result<u16, String> {
     let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
     {
         let stream = body.write().map_err(|()| "body stream")?;
-        for k in 0..SLOW_CHUNKS {
+        let chunks = config("slow-chunks").and_then(|n| n.parse().ok()).unwrap_or(SLOW_CHUNKS);
+        for k in 0..chunks {
             let chunk = format!("term {term} seq {seq} chunk {k}\n");
             stream.blocking_write_and_flush(chunk.as_bytes()).map_err(|e| format!("chunk {k}: {e:?}"))?;
-            if k + 1 < SLOW_CHUNKS {
+            if k + 1 < chunks {
                 monotonic_clock::subscribe_duration(SLOW_GAP_MS * 1_000_000).block();
             }
         }
