@@ -510,9 +510,22 @@ fn no_byte_of_a_slow_request_arrives_after_its_lease_ended() {
     let proxy = Proxy::start(&ensemble.client_addrs());
     let url = format!("url={base}tick");
     let extra = [
-        "--lease", "1s", "--log-level", "info,zkrun::election::machine=debug", "--plugin-config", &url,
-        "--plugin-config", "slow-body=always", "--plugin-config", "slow-chunks=30", "--allow-http", &base,
-        "--hook-timeout", "100s", "--http-timeout", "100s",
+        "--lease",
+        "1s",
+        "--log-level",
+        "info,zkrun::election::machine=debug",
+        "--plugin-config",
+        &url,
+        "--plugin-config",
+        "slow-body=always",
+        "--plugin-config",
+        "slow-chunks=30",
+        "--allow-http",
+        &base,
+        "--hook-timeout",
+        "100s",
+        "--http-timeout",
+        "100s",
     ];
     let args = participant_args(
         &proxy.connect_string(),
