@@ -7,6 +7,10 @@
 #
 #   scripts/mutants.sh [--tests] [--seed N] [--duration 100s] [mutant...]
 #
+# On a shared machine, MUTANTS_RUN='/work/bin/zk-slot-solo' runs each chaos
+# run (and MUTANTS_TESTS='/work/bin/zk-slot' each test run) under that
+# prefix, so the builds do not hold the ZooKeeper slots.
+#
 # Each mutant is a literal edit of one distinctive line; the script stops
 # if that line is not found exactly once (the code moved: update the
 # anchor). The source is restored after each build and on any exit; the
@@ -32,7 +36,9 @@ done
 
 out=target/mutants
 mkdir -p "$out/orig"
-files=(host/src/supervisor.rs host/src/state/zookeeper.rs host/src/election/timing.rs host/src/election/machine/follow.rs)
+files=(host/src/supervisor.rs host/src/state/zookeeper.rs host/src/election/timing.rs host/src/election/machine/follow.rs
+    host/src/election/decide.rs host/src/plugin/egress.rs host/src/state/mod.rs host/src/election/machine/lead.rs
+    host/src/election/machine.rs)
 for f in "${files[@]}"; do
     mkdir -p "$out/orig/$(dirname "$f")"
     cp "$f" "$out/orig/$f"
@@ -93,7 +99,65 @@ mutant_early_takeover() {
         'self.seen_at + self.deadline / 2'
 }
 
-mutants=(none pre_tick pre_tick_and_permit fence_on_election_path late_demotion early_takeover)
+# Issue 28's mutants, written against main as of decide.rs (9996381); the
+# line each hits is named, so that they are easy to re-target.
+mutant_outside_deletion_fix_removed() {
+    # decide.rs, the full-read verdict: a standing lease node of another
+    # participant no longer makes the first in line wait (the next in line
+    # leads at once after an outside deletion of the leader's node).
+    edit host/src/election/decide.rs \
+        '(Some(lease), None) => Decision::AwaitStandDown { lease: lease.clone() },' \
+        '(Some(_), None) => Decision::Lead,'
+}
+mutant_shortcut_skips_standing_lease() {
+    # decide.rs, the warm-proof verdict: a lease node seen in the last look
+    # no longer sends the shortcut back to a full look (issue 22's hole).
+    edit host/src/election/decide.rs \
+        'Decision::Look { why: "another participant'"'"'s lease node stood in the last look" }' \
+        'Decision::Lead'
+}
+mutant_warm_generation_ignored() {
+    # decide.rs: a warm proof taken on an older connection still counts.
+    edit host/src/election/decide.rs \
+        'if warm.proof_generation != warm.generation {' \
+        'if false && warm.proof_generation != warm.generation {'
+}
+mutant_egress_write_unchecked() {
+    # egress.rs, Fenced::poll_write: no permit check on each socket write.
+    edit host/src/plugin/egress.rs \
+        'return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, stop)));' \
+        'let _ = stop;'
+}
+mutant_quota_never_refuses() {
+    # state/mod.rs, Usage::admit: every write is admitted.
+    edit host/src/state/mod.rs \
+        'let rate = f64::from(self.quota.max_writes_per_second);' \
+        'if key.len() < usize::MAX { let _ = len; return Ok(()); } let rate = f64::from(self.quota.max_writes_per_second);'
+}
+mutant_shutdown_keeps_node() {
+    # lead.rs (shutdown while leading) and machine.rs (Exit::Shutdown):
+    # neither deletes the node nor closes the session; every graceful
+    # handover becomes a crash handover.
+    edit host/src/election/machine/lead.rs \
+        'let _ = self.delete_own(session, node, true).await;' \
+        'let _ = (&session, &node);'
+    edit host/src/election/machine.rs \
+        'tokio::time::sleep(CLOSE_LINGER).await;
+                    self.close(session).await;' \
+        'tokio::time::sleep(CLOSE_LINGER).await;
+                    std::mem::forget(session);'
+}
+mutant_demote_at_l() {
+    # timing.rs: demotion at L instead of 2L/3 (the logged deadline moves
+    # with it: only the independent bound sees it on every grant).
+    edit host/src/election/timing.rs \
+        'deadline: period * 2 / 3 }' \
+        'deadline: period }'
+}
+
+mutants=(none pre_tick pre_tick_and_permit fence_on_election_path late_demotion early_takeover
+    outside_deletion_fix_removed shortcut_skips_standing_lease warm_generation_ignored egress_write_unchecked
+    quota_never_refuses shutdown_keeps_node demote_at_l)
 declare -A tests_of=(
     [none]='test(partitioned_leader) | test(sigterm_hands_over) | test(/^state::/)'
     [pre_tick]='test(a_frozen_leader_never_ticks_again) | test(frozen_leader_knows)'
@@ -101,10 +165,17 @@ declare -A tests_of=(
     [fence_on_election_path]='test(/^state::/)'
     [late_demotion]='test(partitioned_leader) | test(quorum_loss_demotes) | test(sigterm_hands_over)'
     [early_takeover]='test(partitioned_leader) | test(sigterm_hands_over) | test(deposed_leaders)'
+    [outside_deletion_fix_removed]='test(/^election::/)'
+    [shortcut_skips_standing_lease]='test(/^election::/)'
+    [warm_generation_ignored]='test(/^election::/)'
+    [egress_write_unchecked]='test(/^egress::/)'
+    [quota_never_refuses]='test(/^state::/)'
+    [shutdown_keeps_node]='test(sigterm_hands_over)'
+    [demote_at_l]='test(partitioned_leader) | test(quorum_loss_demotes)'
 )
 [ ${#only[@]} -gt 0 ] && mutants=("${only[@]}")
 
-cargo build --release -p zkrun -p zkrun-tests --bins >/dev/null
+nice cargo build --release -p zkrun -p zkrun-tests --bins >/dev/null
 scripts/build-plugins.sh >/dev/null
 
 results=()
@@ -113,12 +184,12 @@ for m in "${mutants[@]}"; do
     restore
     "mutant_$m"
     git --no-pager diff --stat -- "${files[@]}" >&2
-    cargo build --release -p zkrun --bin zkrun 2>&1 | tail -1 >&2
+    nice cargo build --release -p zkrun --bin zkrun 2>&1 | tail -1 >&2
     cp target/release/zkrun "$out/zkrun-$m"
     tests="-"
     if [ "$with_tests" = 1 ]; then
         # The suite links the mutated library too: run it before restoring.
-        if ZKRUN_BINARY="$PWD/$out/zkrun-$m" cargo nextest run --release -p zkrun-tests --no-fail-fast \
+        if ZKRUN_BINARY="$PWD/$out/zkrun-$m" ${MUTANTS_TESTS:-} cargo nextest run --release -p zkrun-tests --no-fail-fast \
             -E "${tests_of[$m]}" >"$out/$m.tests" 2>&1; then
             tests="missed"
         else
@@ -127,7 +198,7 @@ for m in "${mutants[@]}"; do
     fi
     restore
     status=0
-    ZKRUN_BINARY="$PWD/$out/zkrun-$m" target/release/zkrun-chaos --quiet --seed "$seed" --duration "$duration" \
+    ZKRUN_BINARY="$PWD/$out/zkrun-$m" ${MUTANTS_RUN:-} target/release/zkrun-chaos --quiet --seed "$seed" --duration "$duration" \
         --save "$out/$m.history" >"$out/$m.report" 2>&1 || status=$?
     violations=$(sed -n 's/^violations: //p' "$out/$m.report")
     kinds=$(sed -n '/^violations:/,$s/^  \([a-z][a-z ]*[a-z]\)[: ].*/\1/p' "$out/$m.report" | sort | uniq -c |

@@ -21,8 +21,8 @@ done
 
 # Debian packages: ZooKeeper for the ensemble the tests and demo start;
 # Prometheus for promtool, which the suite runs over /metrics and the
-# example alert rules.
-packages=(zookeeper prometheus)
+# example alert rules; faketime (libfaketime) for the chaos ClockSkew fault.
+packages=(zookeeper prometheus faketime)
 # Without a rustup wasm32-wasip2 target (it cannot be downloaded on these
 # machines), Debian's Rust with its std source builds the plugins.
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

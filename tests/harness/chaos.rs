@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 pub use crate::checker::{FaultSpan, History, Report, check};
 use crate::checker::{HttpTally, tick_start};
 use crate::ensemble::EnsembleOptions;
+pub use crate::properties::{ByteArrival, Decisions};
 use crate::receiver::Receiver;
 use crate::{Ensemble, Event, EventLog, Process, Proxy, TempDir, monotonic_ns, paths};
 
@@ -23,6 +24,13 @@ const ELECTION: &str = "/zkrun/chaos";
 /// check (zkrun's test failpoint), so that `PauseMidWrite` can freeze a
 /// leader with a write in flight.
 const WRITE_DELAY: &str = "25ms";
+
+/// The state's byte quota the participants run with (zkrun's smallest):
+/// the witness's quota bursts pass it.
+pub const STATE_MAX_BYTES: usize = 1 << 20;
+
+/// The write rate the participants run with: the witness's bursts pass it.
+const STATE_MAX_WRITES: u32 = 20;
 
 /// How to run the chaos.
 #[derive(Clone, Debug)]
@@ -52,6 +60,11 @@ pub struct ChaosConfig {
 }
 
 impl ChaosConfig {
+    /// The lease period `L` the participants derive their timing from.
+    pub fn period(&self) -> Duration {
+        self.lease.map_or(self.session_timeout, |lease| lease.min(self.session_timeout))
+    }
+
     /// The settings of the test suite's short run, with `seed` and `duration`.
     pub fn new(seed: u64, duration: Duration) -> ChaosConfig {
         ChaosConfig {
@@ -104,11 +117,35 @@ pub enum FaultKind {
     /// Freeze the leader while a state write of its waits to be sent, past
     /// its deadline (so it is taken over) but not past its session.
     PauseMidWrite,
+    /// Compound: slow the leader's inbound link (T/2 to T), then delete its
+    /// node while the delay is still in force: it hears of the deletion late.
+    SlowThenDelete,
+    /// Compound: cut the leader off, then delete its node during the cut.
+    PartitionThenDelete,
+    /// The issue-22 sequence: with the leader's inbound link slow, delete
+    /// its node; a participant joins; then the next in line leaves
+    /// (SIGTERM). The joiner must not lead while the old leader may work.
+    DeleteJoinLeave,
+    /// Delete the leader's node, then, shortly after, the node of the
+    /// participant that was next in line.
+    DeleteTwice,
+    /// SIGKILL a participant and start it again at once with the same id,
+    /// while its old session (and node) still lives.
+    RestartSameId,
+    /// Slow the first in line's inbound link (between L/3 and L), then stop
+    /// the leader: a healthy participant must lead within a bound.
+    SlowHeadOfLine,
+    /// Freeze the leader and reset the next in line's connection every
+    /// 0.5 s: the takeover must still come in time.
+    ResetWhileFrozen,
+    /// Restart a participant under libfaketime with its clocks running at
+    /// ×1.05 (inside the documented 15% assumption), later back to normal.
+    ClockSkew,
 }
 
 impl FaultKind {
     /// Every kind of fault.
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 23] = [
         FaultKind::KillParticipant,
         FaultKind::StopParticipant,
         FaultKind::PauseShort,
@@ -124,7 +161,29 @@ impl FaultKind {
         FaultKind::LowerMaxSession,
         FaultKind::ReconnectBackoff,
         FaultKind::PauseMidWrite,
+        FaultKind::SlowThenDelete,
+        FaultKind::PartitionThenDelete,
+        FaultKind::DeleteJoinLeave,
+        FaultKind::DeleteTwice,
+        FaultKind::RestartSameId,
+        FaultKind::SlowHeadOfLine,
+        FaultKind::ResetWhileFrozen,
+        FaultKind::ClockSkew,
     ];
+
+    /// Whether it is one of the compound kinds or operator sequences (more
+    /// than one action, overlapping).
+    pub fn is_compound(self) -> bool {
+        matches!(
+            self,
+            FaultKind::SlowThenDelete
+                | FaultKind::PartitionThenDelete
+                | FaultKind::DeleteJoinLeave
+                | FaultKind::DeleteTwice
+                | FaultKind::SlowHeadOfLine
+                | FaultKind::ResetWhileFrozen
+        )
+    }
 }
 
 /// Which participant a fault hits.
@@ -161,6 +220,8 @@ pub struct Schedule {
     kinds: Vec<FaultKind>,
     first: Vec<FaultKind>,
     session_timeout: Duration,
+    /// The lease period `L` (the session timeout without `--lease`).
+    period: Duration,
     participants: usize,
 }
 
@@ -176,6 +237,7 @@ impl Schedule {
             kinds: config.kinds.clone(),
             first,
             session_timeout: config.session_timeout,
+            period: config.period(),
             participants: config.participants,
         }
     }
@@ -215,6 +277,16 @@ impl Iterator for Schedule {
             FaultKind::LowerMaxSession => ms(2000..5000, rng),
             FaultKind::ReconnectBackoff => t.mul_f64(rng.random_range(1.5..3.0)),
             FaultKind::PauseMidWrite => t.mul_f64(rng.random_range(0.88..0.97)),
+            FaultKind::SlowThenDelete | FaultKind::PartitionThenDelete => {
+                t.mul_f64(rng.random_range(1.0..2.0))
+            }
+            FaultKind::DeleteJoinLeave => t.mul_f64(rng.random_range(1.5..2.5)),
+            FaultKind::DeleteTwice => ms(500..1500, rng),
+            FaultKind::RestartSameId => ms(0..200, rng),
+            // Long enough for the bound on a healthy participant leading.
+            FaultKind::SlowHeadOfLine => self.period.mul_f64(3.0) + ms(2000..3000, rng),
+            FaultKind::ResetWhileFrozen => t.mul_f64(rng.random_range(1.3..2.0)),
+            FaultKind::ClockSkew => ms(4000..8000, rng),
         };
         let level = rng.random_range(0.0..1.0);
         let gap = ms(500..3000, rng);
@@ -228,7 +300,56 @@ struct Incarnation {
     id: String,
     process: Process,
     journal: PathBuf,
+    /// Its clocks' rate under libfaketime, if skewed.
+    skew: Option<Skew>,
 }
+
+/// A participant run under libfaketime at `rate`: its CLOCK_MONOTONIC reads
+/// `origin + (real - origin) × rate`, where `origin` is when it started.
+#[derive(Clone, Copy, Debug)]
+struct Skew {
+    origin_ns: u64,
+    rate: f64,
+}
+
+impl Skew {
+    /// The real CLOCK_MONOTONIC time of a time this participant logged.
+    fn real(&self, faked: u64) -> u64 {
+        if faked <= self.origin_ns {
+            return faked;
+        }
+        self.origin_ns + ((faked - self.origin_ns) as f64 / self.rate) as u64
+    }
+
+    /// The line with every time in it (JSON fields and the witness's words)
+    /// put back on the real clock, so the checker compares it with others.
+    fn normalize(&self, raw: &str) -> String {
+        let Ok(mut json) = serde_json::from_str::<serde_json::Value>(raw) else { return raw.to_string() };
+        for field in ["mono_ns", "proof_ns", "lease_end_ns", "deadline_ns"] {
+            if let Some(t) = json[field].as_u64() {
+                json[field] = self.real(t).into();
+            }
+        }
+        if let Some(message) = json["message"].as_str() {
+            let times = message.starts_with("witness ") || message.starts_with("start ");
+            if times {
+                let words: Vec<String> = message
+                    .split_whitespace()
+                    .map(|w| match w.parse::<u64>() {
+                        // Times are the only numbers this large in these lines.
+                        Ok(t) if t > 1_000_000_000 => self.real(t).to_string(),
+                        _ => w.to_string(),
+                    })
+                    .collect();
+                json["message"] = words.join(" ").into();
+            }
+        }
+        json.to_string()
+    }
+}
+
+/// Where Debian's `faketime` package puts the library.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// One participant slot: the process running now, and those that ran before.
 struct Slot {
@@ -257,6 +378,11 @@ struct World {
 
 impl World {
     fn start_participant(&mut self, i: usize) {
+        self.start_participant_at(i, None);
+    }
+
+    /// Starts participant `i`, its clocks running at `rate` if given.
+    fn start_participant_at(&mut self, i: usize, rate: Option<f64>) {
         let slot = &mut self.slots[i];
         if slot.current.is_some() {
             return;
@@ -281,6 +407,14 @@ impl World {
             "--plugin-config".into(),
             "blind=on".into(),
             "--plugin-config".into(),
+            "slow-body=on".into(),
+            "--plugin-config".into(),
+            "quota=on".into(),
+            "--state-max-bytes".into(),
+            STATE_MAX_BYTES.to_string().into(),
+            "--state-max-writes".into(),
+            STATE_MAX_WRITES.to_string().into(),
+            "--plugin-config".into(),
             format!("url={}tick", self.receiver.base_url()).into(),
             "--allow-http".into(),
             self.receiver.base_url().into(),
@@ -290,9 +424,20 @@ impl World {
         if let Some(lease) = self.config.lease {
             args.extend(["--lease".into(), format!("{}ms", lease.as_millis()).into()]);
         }
-        let env = [(zkrun::state::zookeeper::WRITE_DELAY_FAILPOINT, WRITE_DELAY)];
+        let mut env =
+            vec![(zkrun::state::zookeeper::WRITE_DELAY_FAILPOINT.to_string(), WRITE_DELAY.to_string())];
+        let skew = rate.map(|rate| {
+            assert!(
+                std::path::Path::new(LIBFAKETIME).exists(),
+                "ClockSkew needs libfaketime at {LIBFAKETIME}: install Debian's faketime (scripts/setup.sh)"
+            );
+            env.push(("LD_PRELOAD".into(), LIBFAKETIME.into()));
+            env.push(("FAKETIME".into(), format!("+0 x{rate}")));
+            Skew { origin_ns: monotonic_ns(), rate }
+        });
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let process = Process::zkrun_with_env(&slot.id, &args, &env);
-        slot.current = Some(Incarnation { id, process, journal });
+        slot.current = Some(Incarnation { id, process, journal, skew });
     }
 
     fn retire(&mut self, i: usize) {
@@ -315,6 +460,49 @@ impl World {
         })
     }
 
+    /// Participant `i`'s election node and its sequence, from its latest
+    /// `joined` event.
+    fn node(&self, i: usize) -> Option<(String, u64)> {
+        let p = self.slots[i].process()?;
+        let events = p.events();
+        let joined = events.iter().rev().find(|e| e.kind() == "joined")?;
+        let node = joined.str("node").to_string();
+        let sequence = joined.json["sequence"].as_u64().or_else(|| {
+            let digits: String = node.chars().rev().take_while(char::is_ascii_digit).collect();
+            digits.chars().rev().collect::<String>().parse().ok()
+        })?;
+        Some((node, sequence))
+    }
+
+    /// The running participant whose node comes right after `leader`'s.
+    fn next_in_line(&self, leader: usize) -> Option<usize> {
+        let (_, ahead) = self.node(leader)?;
+        (0..self.slots.len())
+            .filter(|&i| i != leader)
+            .filter_map(|i| self.node(i).map(|(_, seq)| (seq, i)))
+            .filter(|&(seq, _)| seq > ahead)
+            .min()
+            .map(|(_, i)| i)
+    }
+
+    /// Deletes participant `i`'s election node as an outside client would.
+    fn delete_node_of(&self, i: usize) {
+        if let Some((node, _)) = self.node(i) {
+            delete_node(&self.ensemble, &format!("{ELECTION}/{node}"));
+        }
+    }
+
+    /// SIGTERMs participant `i` and waits for it to exit (SIGKILL after 20 s).
+    fn stop(&mut self, i: usize) {
+        self.signal(i, libc::SIGTERM);
+        if let Some(c) = &mut self.slots[i].current
+            && c.process.wait_exit(Duration::from_secs(20)).is_none()
+        {
+            c.process.kill();
+        }
+        self.retire(i);
+    }
+
     fn resolve(&self, target: Target) -> usize {
         match target {
             Target::Leader => self.leader().unwrap_or(0),
@@ -335,8 +523,10 @@ impl World {
     /// Injects `fault`, holds it, heals it, and records when and to whom.
     fn apply(&mut self, fault: &Fault, rng: &mut StdRng) {
         let target = match fault.kind {
-            // Only a leader has a write to catch in flight.
+            // Only a leader has a write to catch in flight; the compound
+            // sequences are all about a leader and who comes after it.
             FaultKind::PauseMidWrite => self.resolve(Target::Leader),
+            kind if kind.is_compound() => self.resolve(Target::Leader),
             _ => self.resolve(fault.target),
         };
         let participant = self.slots[target].current.as_ref().map(|c| c.id.clone());
@@ -409,6 +599,107 @@ impl World {
                     delete_node(&self.ensemble, &format!("{ELECTION}/{node}"));
                 }
                 std::thread::sleep(fault.hold);
+            }
+            FaultKind::SlowThenDelete => {
+                // The delay is in force before the deletion lands, so the
+                // leader hears of it only `delay` later.
+                let delay = t.mul_f64(0.5 + 0.5 * fault.level);
+                self.slots[target].proxy.delay_downstream(delay);
+                std::thread::sleep(Duration::from_millis(100));
+                self.delete_node_of(target);
+                std::thread::sleep(fault.hold);
+                self.slots[target].proxy.delay_downstream(Duration::ZERO);
+            }
+            FaultKind::PartitionThenDelete => {
+                self.slots[target].proxy.partition();
+                std::thread::sleep(Duration::from_millis(50 + (200.0 * fault.level) as u64));
+                self.delete_node_of(target);
+                std::thread::sleep(fault.hold);
+                self.slots[target].proxy.heal();
+            }
+            FaultKind::DeleteJoinLeave => {
+                let next = self.next_in_line(target);
+                // The joiner: another participant, stopped first so that it
+                // joins after the deletion (its look then shows the old
+                // leader's lease node behind the next in line).
+                let others: Vec<usize> =
+                    (0..self.slots.len()).filter(|&i| i != target && Some(i) != next).collect();
+                let joiner = others.choose(rng).copied();
+                if let Some(c) = joiner {
+                    self.stop(c);
+                }
+                self.slots[target].proxy.delay_downstream(t.mul_f64(0.75 + 0.25 * fault.level));
+                std::thread::sleep(Duration::from_millis(100));
+                self.delete_node_of(target);
+                std::thread::sleep(Duration::from_millis(rng.random_range(100..300)));
+                if let Some(c) = joiner {
+                    self.start_participant(c);
+                    if let Some(p) = self.slots[c].process() {
+                        let _ = p.log().wait(Duration::from_secs(5), |e| e.kind() == "joined");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if let Some(b) = next {
+                    self.stop(b);
+                }
+                std::thread::sleep(fault.hold);
+                self.slots[target].proxy.delay_downstream(Duration::ZERO);
+                if let Some(b) = next {
+                    self.start_participant(b);
+                }
+            }
+            FaultKind::DeleteTwice => {
+                let next = self.next_in_line(target);
+                self.delete_node_of(target);
+                std::thread::sleep(Duration::from_millis(50 + (450.0 * fault.level) as u64));
+                if let Some(b) = next {
+                    self.delete_node_of(b);
+                }
+                std::thread::sleep(fault.hold);
+            }
+            FaultKind::RestartSameId => {
+                if let Some(c) = &mut self.slots[target].current {
+                    c.process.kill();
+                }
+                self.retire(target);
+                std::thread::sleep(fault.hold);
+                self.start_participant(target);
+            }
+            FaultKind::SlowHeadOfLine => {
+                let period = self.config.period();
+                let next = self.next_in_line(target);
+                if let Some(b) = next {
+                    let delay = period / 3 + (period - period / 3).mul_f64(fault.level);
+                    self.slots[b].proxy.delay_downstream(delay);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                self.stop(target);
+                std::thread::sleep(fault.hold);
+                if let Some(b) = next {
+                    self.slots[b].proxy.delay_downstream(Duration::ZERO);
+                }
+                self.start_participant(target);
+            }
+            FaultKind::ResetWhileFrozen => {
+                let next = self.next_in_line(target);
+                self.signal(target, libc::SIGSTOP);
+                self.slots[target].paused = true;
+                let until = Instant::now() + fault.hold;
+                while Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(500).min(until - Instant::now()));
+                    if let Some(b) = next {
+                        self.slots[b].proxy.reset();
+                    }
+                }
+                self.signal(target, libc::SIGCONT);
+                self.slots[target].paused = false;
+            }
+            FaultKind::ClockSkew => {
+                self.stop(target);
+                self.start_participant_at(target, Some(1.05));
+                std::thread::sleep(fault.hold);
+                self.stop(target);
+                self.start_participant(target);
             }
             FaultKind::KillFollower | FaultKind::KillEnsembleLeader => {
                 let leader = self.ensemble.leader();
@@ -507,11 +798,14 @@ impl World {
     fn all_events(&self) -> Vec<(String, Event)> {
         let mut out = Vec::new();
         for c in self.slots.iter().flat_map(|slot| slot.past.iter().chain(slot.current.iter())) {
-            out.extend(c.process.events().into_iter().map(|e| (c.id.clone(), e)));
-            let journal = std::fs::read_to_string(c.journal.join("ticks")).unwrap_or_default();
             let lines = EventLog::default();
+            for e in c.process.events() {
+                lines.push(c.skew.map_or(e.raw.clone(), |skew| skew.normalize(&e.raw)));
+            }
+            let journal = std::fs::read_to_string(c.journal.join("ticks")).unwrap_or_default();
             for line in journal.lines() {
-                lines.push(serde_json::json!({ "event": "journal", "message": line }).to_string());
+                let raw = serde_json::json!({ "event": "journal", "message": line }).to_string();
+                lines.push(c.skew.map_or(raw.clone(), |skew| skew.normalize(&raw)));
             }
             out.extend(lines.all().into_iter().map(|e| (c.id.clone(), e)));
         }
@@ -611,6 +905,9 @@ pub fn run(config: ChaosConfig) -> Report {
         counter: Some(stored_counter(&world.ensemble)),
         session_timeout: config.session_timeout,
         lease: config.lease,
+        arrivals: byte_arrivals(&world.receiver),
+        state: stored_state(&world.ensemble).ok(),
+        state_max_bytes: Some(STATE_MAX_BYTES),
     };
     if let Some(path) = &config.save {
         save(path, &history);
@@ -619,6 +916,45 @@ pub fn run(config: ChaosConfig) -> Report {
     tally_http(&world.receiver, &history, &mut report);
     report.elapsed = started.elapsed();
     report
+}
+
+/// Every stamped request the receiver saw, whole or cut off, with when
+/// its first and last bytes arrived.
+fn byte_arrivals(receiver: &Receiver) -> Vec<ByteArrival> {
+    let whole = receiver.arrivals().into_iter().map(|a| (a, true));
+    let cut = receiver.cut_off().into_iter().map(|a| (a, false));
+    whole
+        .chain(cut)
+        .filter_map(|(a, whole)| {
+            Some(ByteArrival {
+                term: a.term?,
+                participant: a.participant,
+                first_byte_ns: a.first_byte_ns,
+                last_byte_ns: a.last_byte_ns,
+                chunks: a.chunks,
+                whole,
+            })
+        })
+        .collect()
+}
+
+/// The election's fenced state as stored: every key under `state/`.
+fn stored_state(ensemble: &Ensemble) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client =
+            zookeeper_client::Client::connect(&ensemble.connect_string()).await.map_err(|e| e.to_string())?;
+        let dir = format!("{ELECTION}/state");
+        let keys = client.list_children(&dir).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for key in keys {
+            if let Ok((data, _)) = client.get_data(&format!("{dir}/{key}")).await {
+                out.push((key, data));
+            }
+        }
+        Ok(out)
+    })
 }
 
 /// Property: no stamped request arrives with a term lower than one that
@@ -664,6 +1000,17 @@ fn save(path: &std::path::Path, history: &History) {
         });
         let _ = writeln!(text, "{fault}");
     }
+    for a in &history.arrivals {
+        let arrival = serde_json::json!({
+            "arrival_term": a.term,
+            "participant": a.participant,
+            "first_byte_ns": a.first_byte_ns,
+            "last_byte_ns": a.last_byte_ns,
+            "chunks": a.chunks,
+            "whole": a.whole,
+        });
+        let _ = writeln!(text, "{arrival}");
+    }
     for (id, e) in &history.events {
         let _ = writeln!(text, "{}", serde_json::json!({ "id": id, "line": e.raw }));
     }
@@ -690,6 +1037,15 @@ pub fn load(path: &std::path::Path) -> std::io::Result<History> {
                 participant: json["participant"].as_str().map(str::to_string),
                 start_ns: json["start_ns"].as_u64().unwrap_or(0),
                 end_ns: json["end_ns"].as_u64().unwrap_or(0),
+            });
+        } else if let Some(term) = json["arrival_term"].as_u64() {
+            history.arrivals.push(ByteArrival {
+                term,
+                participant: json["participant"].as_str().map(str::to_string),
+                first_byte_ns: json["first_byte_ns"].as_u64().unwrap_or(0),
+                last_byte_ns: json["last_byte_ns"].as_u64().unwrap_or(0),
+                chunks: json["chunks"].as_u64().unwrap_or(0) as usize,
+                whole: json["whole"].as_bool().unwrap_or(true),
             });
         } else if let (Some(id), Some(raw)) = (json["id"].as_str(), json["line"].as_str()) {
             ids.push(id.to_string());

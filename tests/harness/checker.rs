@@ -32,6 +32,9 @@
 //! 9. blind puts (no compare-and-set, only the fence) land in term order:
 //!    in ZooKeeper version order their terms never go back (puts are known
 //!    from their writers' records and from every participant's reads).
+//!
+//! Properties 11 to 15 (independent lease bounds, byte-level egress, the
+//! quota, liveness, observable decisions) are in [`crate::properties`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -39,6 +42,7 @@ use std::time::Duration;
 
 use crate::Event;
 use crate::chaos::FaultKind;
+pub use crate::properties::{ByteArrival, Decisions};
 
 /// How late a tick may start after its window closed: the time between the
 /// host's pre-tick check and the job reading the clock (microseconds; no
@@ -63,6 +67,12 @@ pub struct History {
     pub session_timeout: Duration,
     /// The lease period they asked for (`--lease`), if any.
     pub lease: Option<Duration>,
+    /// Every stamped HTTP request, as its bytes reached the receiver.
+    pub arrivals: Vec<ByteArrival>,
+    /// The election's fenced state as stored at the end (key, value).
+    pub state: Option<Vec<(String, Vec<u8>)>>,
+    /// The state's byte quota the participants ran with.
+    pub state_max_bytes: Option<usize>,
 }
 
 /// One fault as applied.
@@ -103,6 +113,12 @@ pub struct Report {
     pub recovery: Option<Duration>,
     /// The longest time from a fault's heal to the next tick, and its fault.
     pub longest_gap: Option<(Duration, FaultKind)>,
+    /// The longest time without a tick starting, over the whole run.
+    pub longest_leaderless: Option<Duration>,
+    /// State writes the witness logged as refused for the quota.
+    pub quota_refused: usize,
+    /// `lead_decision` events, by path.
+    pub decisions: Decisions,
     /// The leaders' stamped HTTP requests, as the chaos receiver saw them.
     pub http: Option<HttpTally>,
     /// Wall time of the run.
@@ -138,6 +154,12 @@ impl fmt::Display for Report {
         if let Some((gap, kind)) = self.longest_gap {
             writeln!(f, "longest leaderless gap after a heal: {gap:.1?} (after {kind:?})")?;
         }
+        if let Some(gap) = self.longest_leaderless {
+            writeln!(f, "longest leaderless gap overall: {gap:.1?}")?;
+        }
+        writeln!(f, "state writes refused for the quota: {}", self.quota_refused)?;
+        let d = &self.decisions;
+        writeln!(f, "lead decisions: {} shortcut, {} full, {} takeover", d.shortcut, d.full, d.takeover)?;
         writeln!(f, "violations: {}", self.violations.len())?;
         for v in &self.violations {
             writeln!(f, "  {v}")?;
@@ -293,6 +315,8 @@ pub fn check(history: &History, report: &mut Report) {
     check_cut_off_leaders_demote(events, &history.faults, period, report);
     check_blind_puts(events, report);
     report.longest_gap = longest_gap(&ticks, &history.faults);
+    report.longest_leaderless = crate::properties::longest_leaderless(events);
+    crate::properties::check_more(history, &windows, report);
 }
 
 fn collect_ticks(events: &[(String, Event)]) -> Vec<Tick> {

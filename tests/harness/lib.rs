@@ -17,6 +17,7 @@ pub mod hostile;
 pub mod paths;
 pub mod peer;
 pub mod process;
+pub mod properties;
 pub mod proxy;
 pub mod receiver;
 pub mod tls;

@@ -4,7 +4,10 @@
 //!
 //! It records every request that arrives whole, notices requests that
 //! arrive out of term order, and can hold its answers to keep requests in
-//! flight, noticing when the client drops such a connection.
+//! flight, noticing when the client drops such a connection. Every read
+//! from a connection is stamped on CLOCK_MONOTONIC, so each request also
+//! says when its first and last bytes arrived; requests cut off mid-body
+//! are kept apart ([`Receiver::cut_off`]), with the same stamps.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -33,11 +36,21 @@ pub struct Arrival {
     pub trailers: Vec<(String, String)>,
     /// Whether the receiver refused it for a stale term.
     pub refused: bool,
+    /// CLOCK_MONOTONIC of the read that brought its first byte.
+    pub first_byte_ns: u64,
+    /// CLOCK_MONOTONIC of the read that brought its last byte.
+    pub last_byte_ns: u64,
+    /// Reads that brought its bytes (a slow body arrives in many).
+    pub chunks: usize,
 }
 
 #[derive(Default)]
 struct Shared {
     arrivals: Mutex<Vec<Arrival>>,
+    /// Requests whose head arrived but whose body was cut off.
+    cut_off: Mutex<Vec<Arrival>>,
+    /// Request heads that arrived (bodies may still be under way).
+    heads: AtomicU64,
     highest_term: AtomicU64,
     /// Arrivals whose term was lower than one that arrived before.
     out_of_order: AtomicU64,
@@ -99,6 +112,17 @@ impl Receiver {
         self.shared.out_of_order.load(Ordering::Acquire)
     }
 
+    /// Requests whose head arrived but whose connection closed mid-body
+    /// (the body then holds what arrived).
+    pub fn cut_off(&self) -> Vec<Arrival> {
+        self.shared.cut_off.lock().unwrap().clone()
+    }
+
+    /// How many request heads arrived so far (their bodies may be under way).
+    pub fn heads(&self) -> u64 {
+        self.shared.heads.load(Ordering::Acquire)
+    }
+
     /// How many held requests the client dropped before the answer.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Acquire)
@@ -120,11 +144,45 @@ fn serve(stream: TcpStream, shared: &Shared) {
         Ok(writer) => writer,
         Err(_) => return,
     };
-    let mut reader = BufReader::new(stream);
-    while let Some(Request { path, headers, body, trailers }) = read_request(&mut reader) {
+    let mut reader = BufReader::new(Stamped { stream, first: None, last: 0, reads: 0 });
+    loop {
+        // Bytes already buffered belong to this request: its first read is
+        // the one that brought them, or the next.
+        let buffered = !reader.buffer().is_empty();
+        let stamps = reader.get_ref();
+        let (first, reads) = (if buffered { Some(stamps.last) } else { None }, usize::from(buffered));
+        let stamps = reader.get_mut();
+        stamps.first = first;
+        stamps.reads = reads;
+        let Some((path, headers)) = read_head(&mut reader) else { return };
+        shared.heads.fetch_add(1, Ordering::AcqRel);
+        let body = read_body(&mut reader, &headers);
         let header =
             |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
         let term = header("zkrun-term").and_then(|t| t.parse::<u64>().ok());
+        let stamps = reader.get_ref();
+        let (first_byte_ns, last_byte_ns, chunks) =
+            (stamps.first.unwrap_or(stamps.last), stamps.last, stamps.reads);
+        let (body, trailers) = match body {
+            Ok(whole) => whole,
+            Err(partial) => {
+                shared.cut_off.lock().unwrap().push(Arrival {
+                    mono_ns: last_byte_ns,
+                    path,
+                    term,
+                    participant: header("zkrun-participant"),
+                    election: header("zkrun-election"),
+                    body: String::from_utf8_lossy(&partial).into_owned(),
+                    headers: headers.clone(),
+                    trailers: Vec::new(),
+                    refused: false,
+                    first_byte_ns,
+                    last_byte_ns,
+                    chunks,
+                });
+                return;
+            }
+        };
         let refused = {
             // One lock over check and record, so arrivals are in term order
             // exactly when their records are.
@@ -147,12 +205,15 @@ fn serve(stream: TcpStream, shared: &Shared) {
                 headers: headers.clone(),
                 trailers,
                 refused,
+                first_byte_ns,
+                last_byte_ns,
+                chunks,
             });
             refused
         };
         let hold = *shared.hold.lock().unwrap();
         if let Some(hold) = hold
-            && client_hangs_up_within(reader.get_ref(), hold)
+            && client_hangs_up_within(&reader.get_ref().stream, hold)
         {
             shared.dropped.fetch_add(1, Ordering::AcqRel);
             return;
@@ -178,17 +239,34 @@ fn client_hangs_up_within(stream: &TcpStream, hold: Duration) -> bool {
     closed
 }
 
-/// One request as read off the wire.
-struct Request {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    trailers: Vec<(String, String)>,
+/// A connection whose every read that brings bytes is stamped.
+struct Stamped {
+    stream: TcpStream,
+    /// The first read of the current request, if it brought bytes yet.
+    first: Option<u64>,
+    /// The latest read that brought bytes.
+    last: u64,
+    /// Reads that brought bytes since the current request began.
+    reads: usize,
 }
 
-/// Reads one request (head, then a content-length or chunked body, and a
-/// chunked body's trailers).
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+impl Read for Stamped {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        if n > 0 {
+            let now = crate::monotonic_ns();
+            self.first.get_or_insert(now);
+            self.last = now;
+            self.reads += 1;
+        }
+        Ok(n)
+    }
+}
+
+type Head = (String, Vec<(String, String)>);
+
+/// Reads one request's head.
+fn read_head(reader: &mut BufReader<Stamped>) -> Option<Head> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -210,6 +288,15 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         .iter()
         .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
         .collect();
+    Some((path, headers))
+}
+
+/// One request's body and a chunked body's trailers.
+type Body = (Vec<u8>, Vec<(String, String)>);
+
+/// Reads one request's body (content-length or chunked, with a chunked
+/// body's trailers); `Err` holds what arrived before the connection closed.
+fn read_body(reader: &mut BufReader<Stamped>, headers: &[(String, String)]) -> Result<Body, Vec<u8>> {
     let value =
         |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
     let mut body = Vec::new();
@@ -217,29 +304,48 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
-            reader.read_line(&mut size).ok()?;
-            let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                return Err(body);
+            }
+            let Some(size) = size.trim().split(';').next().and_then(|s| usize::from_str_radix(s, 16).ok())
+            else {
+                return Err(body);
+            };
             if size == 0 {
                 // Trailer lines, up to an empty line.
                 loop {
                     let mut line = String::new();
-                    reader.read_line(&mut line).ok()?;
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return Err(body);
+                    }
                     let line = line.trim_end_matches(['\r', '\n']);
                     if line.is_empty() {
                         break;
                     }
-                    let (name, value) = line.split_once(':')?;
+                    let Some((name, value)) = line.split_once(':') else { return Err(body) };
                     trailers.push((name.trim().to_string(), value.trim().to_string()));
                 }
                 break;
             }
             let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).ok()?;
+            if reader.read_exact(&mut chunk).is_err() {
+                return Err(body);
+            }
             body.extend_from_slice(&chunk[..size]);
         }
     } else if let Some(length) = value("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
-        body.resize(length, 0);
-        reader.read_exact(&mut body).ok()?;
+        let mut rest = vec![0; length];
+        let mut got = 0;
+        while got < length {
+            match reader.read(&mut rest[got..]) {
+                Ok(0) | Err(_) => {
+                    body.extend_from_slice(&rest[..got]);
+                    return Err(body);
+                }
+                Ok(n) => got += n,
+            }
+        }
+        body = rest;
     }
-    Some(Request { path, headers, body, trailers })
+    Ok((body, trailers))
 }

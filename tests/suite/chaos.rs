@@ -127,6 +127,7 @@ fn lease(id: &str, term: u64, at_ms: u64, session_timeout_ms: u64) -> (String, z
     line(
         id,
         serde_json::json!({"event": "lease", "term": term, "mono_ns": at_ms * MS,
+            "proof_ns": at_ms * MS,
             "lease_end_ns": (at_ms + session_timeout_ms / 2) * MS,
             "deadline_ns": (at_ms + session_timeout_ms * 2 / 3) * MS}),
     )
@@ -170,8 +171,14 @@ fn lease_violations(
     lease: Option<Duration>,
 ) -> Vec<String> {
     let mut report = chaos::Report::default();
-    let history =
-        chaos::History { events, faults, counter: None, session_timeout: Duration::from_secs(2), lease };
+    let history = chaos::History {
+        events,
+        faults,
+        counter: None,
+        session_timeout: Duration::from_secs(2),
+        lease,
+        ..chaos::History::default()
+    };
     chaos::check(&history, &mut report);
     report.violations
 }
@@ -279,4 +286,287 @@ fn the_checker_catches_leadership_timing_and_fencing_bugs() {
     ));
     let found = violations(unpermitted, vec![]);
     assert!(found.iter().any(|v| v.starts_with("leader work outside leadership")), "{found:?}");
+}
+
+/// Runs the whole checker on `history` and returns the violations that
+/// start with `prefix`.
+fn found(history: &chaos::History, prefix: &str) -> Vec<String> {
+    let mut report = chaos::Report::default();
+    chaos::check(history, &mut report);
+    report.violations.into_iter().filter(|v| v.starts_with(prefix)).collect()
+}
+
+fn history(events: Vec<(String, zkrun_tests::Event)>, lease: Option<Duration>) -> chaos::History {
+    chaos::History { events, session_timeout: Duration::from_secs(2), lease, ..chaos::History::default() }
+}
+
+fn span(kind: FaultKind, participant: Option<&str>, start_ms: u64, end_ms: u64) -> chaos::FaultSpan {
+    chaos::FaultSpan {
+        kind,
+        participant: participant.map(str::to_string),
+        start_ns: start_ms * MS,
+        end_ns: end_ms * MS,
+    }
+}
+
+/// Property 10: the lease bounds come from T and L as configured, so a
+/// host that derives its lease or deadline wrongly is caught on every
+/// grant, even when no fault cuts it off.
+#[test]
+fn independent_bounds_flag_a_lease_derived_wrongly() {
+    assert_eq!(found(&history(clean_leadership(), None), ""), Vec::<String>::new());
+    // The deadline moved to 1.1 T after the proof (a mutant moves the
+    // logged deadline with it: the checker does not trust it).
+    let mut late = clean_leadership();
+    late.push(line(
+        "w0",
+        serde_json::json!({"event": "lease", "term": 10, "mono_ns": 1500 * MS, "proof_ns": 1490 * MS,
+            "lease_end_ns": 2490 * MS, "deadline_ns": (1490 + 2200) * MS}),
+    ));
+    let v = found(&history(late, None), "lease bound");
+    assert!(v.len() == 1 && v[0].contains("2L/3") && v[0].contains("expiry"), "{v:?}");
+    // With --lease 1s, a lease of T/2 (the host ignored the lease period).
+    let v = found(&history(clean_leadership(), Some(Duration::from_secs(1))), "lease bound");
+    assert!(!v.is_empty() && v.iter().all(|v| v.contains("more than L/2")), "{v:?}");
+    // A proof in the host's future.
+    let mut future = clean_leadership();
+    future.push(line(
+        "w0",
+        serde_json::json!({"event": "lease", "term": 10, "mono_ns": 1500 * MS, "proof_ns": 1600 * MS,
+            "lease_end_ns": 2600 * MS, "deadline_ns": 2933 * MS}),
+    ));
+    let v = found(&history(future, None), "lease bound");
+    assert!(v.len() == 1 && v[0].contains("future"), "{v:?}");
+}
+
+fn arrival(term: u64, first_ms: u64, last_ms: u64, whole: bool) -> chaos::ByteArrival {
+    chaos::ByteArrival {
+        term,
+        participant: None,
+        first_byte_ns: first_ms * MS,
+        last_byte_ns: last_ms * MS,
+        chunks: 8,
+        whole,
+    }
+}
+
+/// Property 11: no byte of a stamped request arrives after its sender's
+/// window; a request cut off mid-body counts as much as a whole one.
+#[test]
+fn byte_level_egress_flags_a_byte_after_the_window() {
+    // w0 leads term 10 until its shutdown at 3 s.
+    let mut h = history(clean_leadership(), None);
+    h.arrivals = vec![arrival(10, 2700, 2999, true), arrival(12, 3110, 3150, true)];
+    assert_eq!(found(&h, "egress"), Vec::<String>::new());
+    h.arrivals = vec![arrival(10, 2700, 3010, true)];
+    let v = found(&h, "egress after leadership");
+    assert!(v.len() == 1 && v[0].contains("whole"), "{v:?}");
+    h.arrivals = vec![arrival(10, 2950, 3040, false)];
+    let v = found(&h, "egress after leadership");
+    assert!(v.len() == 1 && v[0].contains("cut off"), "{v:?}");
+    // A request of a term that never led.
+    h.arrivals = vec![arrival(11, 2000, 2001, true)];
+    assert_eq!(found(&h, "egress outside leadership").len(), 1);
+}
+
+/// Property 12: a write refused for the quota never lands, and the stored
+/// state stays under the byte quota.
+#[test]
+fn refused_quota_writes_never_land() {
+    let mut events = clean_leadership();
+    events.push(line(
+        "w0",
+        serde_json::json!({"event": "plugin_log", "mono_ns": 1500 * MS,
+            "message": "quota refused burst-3 tag 10.5.0: quota exceeded: the state would hold 1100000 bytes"}),
+    ));
+    let mut h = history(events, None);
+    h.state_max_bytes = Some(1 << 20);
+    h.state =
+        Some(vec![("burst-3".into(), b"tag 10.4.0 xxxx".to_vec()), ("counter".into(), b"7 10".to_vec())]);
+    assert_eq!(found(&h, "quota"), Vec::<String>::new());
+    let mut report = chaos::Report::default();
+    chaos::check(&h, &mut report);
+    assert_eq!(report.quota_refused, 1);
+    // The refused write is what is stored.
+    h.state = Some(vec![("burst-3".into(), b"tag 10.5.0 xxxx".to_vec())]);
+    let v = found(&h, "quota");
+    assert!(v.len() == 1 && v[0].contains("refused for the quota, but it is stored"), "{v:?}");
+    // Over the byte quota (a quota that never refuses).
+    h.state = Some((0..20).map(|k| (format!("burst-{k}"), vec![b'x'; 60 * 1024])).collect());
+    let v = found(&h, "quota");
+    assert!(v.len() == 1 && v[0].contains("over its 1048576-byte quota"), "{v:?}");
+}
+
+/// Property 13: slow graceful handovers, long gaps after a heal, a
+/// stalled line and a late takeover are violations.
+#[test]
+fn liveness_flags_slow_handovers_long_gaps_and_stalls() {
+    // Graceful: w0 stopped at 2.99 s, w1 elected at 3.1 s.
+    let stop = span(FaultKind::StopParticipant, Some("w0"), 2990, 3500);
+    let mut h = history(clean_leadership(), None);
+    h.faults = vec![stop.clone()];
+    assert_eq!(found(&h, ""), Vec::<String>::new());
+    // The same handover taking 1.4 s (a crash handover).
+    let mut slow: Vec<_> = clean_leadership().into_iter().filter(|(id, _)| id != "w1").collect();
+    slow.push(lease("w1", 12, 4390, 2000));
+    slow.push(host("w1", "elected", 12, 4390));
+    slow.extend(tick("w1", 12, 4400 * MS, Some(4405 * MS)));
+    let mut h = history(slow, None);
+    h.faults = vec![stop.clone()];
+    let v = found(&h, "slow graceful handover");
+    assert!(v.len() == 1 && v[0].contains("1.4"), "{v:?}");
+    // Not graceful when another fault ended less than T before.
+    h.faults = vec![span(FaultKind::PartitionShort, Some("w2"), 1000, 1500), stop];
+    assert_eq!(found(&h, "slow graceful handover"), Vec::<String>::new());
+
+    // A gap after a heal: T + 8 s = 10 s for most faults, one more T after
+    // the whole ensemble restarted.
+    let mut events = vec![host("w0", "elected", 10, 15000), lease("w0", 10, 15000, 2000)];
+    events.extend(tick("w0", 10, 16000 * MS, Some(16005 * MS)));
+    let mut h = history(events, None);
+    h.faults = vec![span(FaultKind::KillFollower, None, 4000, 5000)];
+    let v = found(&h, "leaderless after heal");
+    assert!(v.len() == 1 && v[0].contains("KillFollower"), "{v:?}");
+    h.faults = vec![span(FaultKind::RestartAll, None, 4000, 5000)];
+    assert_eq!(found(&h, "leaderless after heal"), Vec::<String>::new());
+    h.faults = vec![span(FaultKind::RestartAll, None, 1000, 2000)];
+    assert_eq!(found(&h, "leaderless after heal").len(), 1);
+
+    // A stalled line: no tick within 3L + 1 s of the leader's stop.
+    let mut h = history(clean_leadership(), None);
+    h.faults = vec![span(FaultKind::SlowHeadOfLine, Some("w0"), 3000, 12000)];
+    let v = found(&h, "stalled line");
+    assert_eq!(v.len(), 0, "w1 ticked at 3.11 s: {v:?}");
+    h.faults = vec![span(FaultKind::SlowHeadOfLine, Some("w0"), 3200, 12000)];
+    assert_eq!(found(&h, "stalled line").len(), 1);
+
+    // A late takeover: w0 frozen at 1.5 s (its follower's connection
+    // reset), w1 elected only 3.5 s later; the bound is 1.15 L + 0.5 s.
+    let mut events: Vec<_> = clean_leadership()
+        .into_iter()
+        .filter(|(id, e)| id != "w1" && e.mono_ns().is_none_or(|t| t < 1500 * MS))
+        .collect();
+    events.push(lease("w1", 12, 5000, 2000));
+    events.push(host("w1", "elected", 12, 5000));
+    let mut h = history(events.clone(), None);
+    h.faults = vec![span(FaultKind::ResetWhileFrozen, Some("w0"), 1500, 6000)];
+    let v = found(&h, "late takeover");
+    assert_eq!(v.len(), 1, "{v:?}");
+    events.retain(|(id, _)| id != "w1");
+    events.push(lease("w1", 12, 3200, 2000));
+    events.push(host("w1", "elected", 12, 3200));
+    let mut h = history(events, None);
+    h.faults = vec![span(FaultKind::ResetWhileFrozen, Some("w0"), 1500, 6000)];
+    assert_eq!(found(&h, "late takeover"), Vec::<String>::new());
+}
+
+fn decision(id: &str, path: &str, at_ms: u64) -> (String, zkrun_tests::Event) {
+    line(
+        id,
+        serde_json::json!({"event": "lead_decision", "path": path, "generation": 3, "why": "leader left",
+            "term": 14, "mono_ns": at_ms * MS}),
+    )
+}
+
+/// Property 14: a `lead_decision` on the shortcut path while another
+/// participant's lease node stood is reported; other paths are counted.
+#[test]
+fn a_shortcut_past_a_standing_lease_is_flagged() {
+    // w0 renews its lease until 2.86 s and shuts down at 3 s.
+    let mut events = clean_leadership();
+    events.push(decision("w2", "full", 2000));
+    events.push(decision("w2", "shortcut", 3050));
+    let mut report = chaos::Report::default();
+    chaos::check(&history(events.clone(), None), &mut report);
+    assert_eq!(report.violations, Vec::<String>::new());
+    assert_eq!(report.decisions, chaos::Decisions { shortcut: 1, full: 1, takeover: 0 });
+    // The issue-22 hole: a shortcut while w0 (deposed, hearing late) still
+    // holds its lease node.
+    events.push(decision("w2", "shortcut", 2000));
+    let v = found(&history(events.clone(), None), "shortcut past a lease");
+    assert!(v.len() == 1 && v[0].contains("w0's lease node"), "{v:?}");
+    // An unknown path is a violation too (the parser must keep up).
+    events.push(decision("w2", "guess", 3060));
+    assert_eq!(found(&history(events, None), "lead_decision").len(), 1);
+}
+
+/// Byte-level egress for one request, against a real ensemble and the real
+/// witness: a body streamed in 30 chunks 40 ms apart is under way when the
+/// leader is cut off from ZooKeeper (`--lease 1s`: work may run 500 ms past
+/// the last proof). The request must be cut off, and its last byte must
+/// reach the receiver no later than the host's last logged lease end (plus
+/// the checker's 2 ms of slack): zkrun checks the permit on every write.
+#[test]
+fn no_byte_of_a_slow_request_arrives_after_its_lease_ended() {
+    use zkrun_tests::process::participant_args;
+    use zkrun_tests::properties::BYTE_SLACK_NS;
+    use zkrun_tests::receiver::Receiver;
+    use zkrun_tests::{Ensemble, EnsembleOptions, Process, Proxy, paths, wait_for};
+
+    const SOON: Duration = Duration::from_secs(30);
+    let ensemble = Ensemble::start_with(EnsembleOptions { servers: 1, ..EnsembleOptions::default() });
+    let receiver = Receiver::start();
+    let base = receiver.base_url();
+    let proxy = Proxy::start(&ensemble.client_addrs());
+    let url = format!("url={base}tick");
+    let extra = [
+        "--lease",
+        "1s",
+        "--log-level",
+        "info,zkrun::election::machine=debug",
+        "--plugin-config",
+        &url,
+        "--plugin-config",
+        "slow-body=always",
+        "--plugin-config",
+        "slow-chunks=30",
+        "--allow-http",
+        &base,
+        "--hook-timeout",
+        "100s",
+        "--http-timeout",
+        "100s",
+    ];
+    let args = participant_args(
+        &proxy.connect_string(),
+        "/zkrun/proof/bytes",
+        &paths::plugin("witness"),
+        "100ms",
+        "4s",
+        &extra,
+    );
+    let leader = Process::zkrun("bytes", &args);
+    leader.wait_event("elected", SOON, |e| e.kind() == "elected");
+    let heads = receiver.heads();
+    wait_for("a slow request under way", SOON, || (receiver.heads() > heads).then_some(()));
+    std::thread::sleep(Duration::from_millis(40));
+    proxy.partition();
+    leader.wait_event("the lease lost", SOON, |e| matches!(e.kind(), "suspended" | "demoted"));
+    // Long enough for any byte still let out to arrive.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let lease_end = leader
+        .events()
+        .iter()
+        .filter(|e| e.kind() == "lease")
+        .filter_map(|e| e.json["lease_end_ns"].as_u64())
+        .max()
+        .expect("the host logged its leases");
+    let cut = receiver.cut_off();
+    assert!(!cut.is_empty(), "the slow request was not cut off; whole ones: {:?}", receiver.arrivals());
+    for a in receiver.arrivals().iter().chain(&cut) {
+        assert!(
+            a.last_byte_ns <= lease_end + BYTE_SLACK_NS,
+            "a byte of a request of term {:?} arrived {:?} after the lease ended ({} chunks)",
+            a.term,
+            Duration::from_nanos(a.last_byte_ns - lease_end),
+            a.chunks
+        );
+    }
+    let last = cut.iter().map(|a| a.last_byte_ns).max().unwrap_or(0);
+    eprintln!(
+        "cut-off request: {} chunks, its last byte {:?} before the lease end",
+        cut[0].chunks,
+        Duration::from_nanos(lease_end.saturating_sub(last))
+    );
 }

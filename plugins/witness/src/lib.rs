@@ -31,6 +31,24 @@
 //! the fence then stops a deposed leader's write, so a write landing after
 //! the successor's shows as a term going back in version order (seen by its
 //! writer or by the successor's next read).
+//!
+//! Slow bodies (`--plugin-config slow-body=on`): in every third term
+//! (`term % 3 == 1`) the POST streams its body in [`SLOW_CHUNKS`] chunks
+//! [`SLOW_GAP_MS`] apart, so a request can straddle the end of its lease:
+//! the chaos receiver stamps each chunk, and no byte may arrive after the
+//! sender's leadership window (zkrun checks the permit on every socket
+//! write). Logs `http slow <status> term <T> seq <N>` or `http slow failed
+//! term <T> seq <N>: <error>`.
+//!
+//! Quota bursts (`--plugin-config quota=on`, run with a small
+//! `--state-max-writes`): in every third term (`term % 3 == 0`) each tick
+//! puts a [`BURST_BYTES`]-byte value under one of [`BURST_KEYS`] keys in
+//! turn (past a 1 MiB byte quota once they fill), and every fifth tick a
+//! burst of small writes past the write rate. Each value starts with
+//! `tag <term>.<seq>.<k>`; a write refused for the quota logs (and
+//! journals) `quota refused <key> tag <tag>: <error>`, one that landed
+//! `quota put <key> tag <tag> version <V>`. The checker asserts that no
+//! refused tag is ever stored.
 
 wit_bindgen::generate!({ path: "../../wit", world: "job" });
 
@@ -72,8 +90,16 @@ impl Guest for Witness {
         } else {
             increment(term);
         }
+        if config("quota").as_deref() == Some("on") && term % 3 == 0 {
+            quota_burst(term, seq);
+        }
         if let Some(url) = config("url") {
-            post(&url, term, seq);
+            let slow = config("slow-body");
+            if slow.as_deref() == Some("always") || (slow.as_deref() == Some("on") && term % 3 == 1) {
+                post_slowly(&url, term, seq);
+            } else {
+                post(&url, term, seq);
+            }
         }
         let end = monotonic_clock::now();
         log(Level::Info, &format!("witness end {start} {end} term {term}"));
@@ -129,6 +155,97 @@ fn post(url: &str, term: u64, seq: u64) {
     match sent {
         Ok(status) => log(Level::Info, &format!("http {status} term {term} seq {seq}")),
         Err(e) => log(Level::Warn, &format!("http failed term {term} seq {seq}: {e}")),
+    }
+}
+
+/// Chunks of a slow body (`--plugin-config slow-chunks=<N>` sets another
+/// number; `slow-body=always` streams slowly in every term).
+const SLOW_CHUNKS: u64 = 8;
+/// Time between two chunks of a slow body.
+const SLOW_GAP_MS: u64 = 40;
+
+/// A stamped POST whose body leaves in chunks over about 300 ms, written
+/// with the raw `wasi:http` interfaces so each chunk is its own write.
+fn post_slowly(url: &str, term: u64, seq: u64) {
+    match send_slowly(url, term, seq) {
+        Ok(status) => log(Level::Info, &format!("http slow {status} term {term} seq {seq}")),
+        Err(e) => log(Level::Warn, &format!("http slow failed term {term} seq {seq}: {e}")),
+    }
+}
+
+fn send_slowly(url: &str, term: u64, seq: u64) -> Result<u16, String> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs stream slowly")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_method(&Method::Post).map_err(|()| "method")?;
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request.set_path_with_query(Some(&path)).map_err(|()| "path")?;
+    let body = request.body().map_err(|()| "body")?;
+    let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    {
+        let stream = body.write().map_err(|()| "body stream")?;
+        let chunks = config("slow-chunks").and_then(|n| n.parse().ok()).unwrap_or(SLOW_CHUNKS);
+        for k in 0..chunks {
+            let chunk = format!("term {term} seq {seq} chunk {k}\n");
+            stream.blocking_write_and_flush(chunk.as_bytes()).map_err(|e| format!("chunk {k}: {e:?}"))?;
+            if k + 1 < chunks {
+                monotonic_clock::subscribe_duration(SLOW_GAP_MS * 1_000_000).block();
+            }
+        }
+    }
+    OutgoingBody::finish(body, None).map_err(|e| format!("finish: {e:?}"))?;
+    let ready = response.subscribe();
+    ready.block();
+    let answer = response.get().ok_or("no response")?.map_err(|()| "response taken")?;
+    let answer = answer.map_err(|e| format!("{e:?}"))?;
+    Ok(answer.status())
+}
+
+/// Keys the byte bursts cycle through.
+const BURST_KEYS: u64 = 20;
+/// Size of one byte-burst value: 18 of them pass a 1 MiB quota.
+const BURST_BYTES: usize = 60 * 1024;
+/// Small writes in one rate burst, at most (it stops at the first refusal).
+const RATE_BURST: u64 = 30;
+
+/// Writes past the quota on purpose: one large value per tick, and every
+/// fifth tick a burst of small ones past the write rate.
+fn quota_burst(term: u64, seq: u64) {
+    let key = format!("burst-{}", seq % BURST_KEYS);
+    let tag = format!("{term}.{seq}.0");
+    let mut value = format!("tag {tag} ").into_bytes();
+    value.resize(BURST_BYTES, b'x');
+    quota_put(&key, &tag, &value);
+    if seq % 5 == 0 {
+        for k in 1..=RATE_BURST {
+            let tag = format!("{term}.{seq}.{k}");
+            if !quota_put("burst-rate", &tag, format!("tag {tag}").as_bytes()) {
+                break;
+            }
+        }
+    }
+}
+
+/// One tagged write; false if it was refused or failed.
+fn quota_put(key: &str, tag: &str, value: &[u8]) -> bool {
+    match state::put(key, value) {
+        Ok(version) => {
+            log(Level::Info, &format!("quota put {key} tag {tag} version {version}"));
+            true
+        }
+        Err(StateError::Unavailable(why)) if why.starts_with("quota exceeded") => {
+            let line = format!("quota refused {key} tag {tag}: {why}");
+            journal(&line);
+            log(Level::Info, &line);
+            false
+        }
+        Err(e) => {
+            log(Level::Warn, &format!("quota write {key} tag {tag} failed: {e:?}"));
+            false
+        }
     }
 }
 
