@@ -150,7 +150,9 @@ pub fn decide(k: &Knowledge<'_>) -> Decision {
     match (standing, departed) {
         (None, _) => Decision::Lead,
         (Some(lease), None) => Decision::AwaitStandDown { lease: lease.clone() },
-        (Some(_), Some(_)) => Decision::Look { why: "another participant's lease node stood in the last look" },
+        (Some(_), Some(_)) => {
+            Decision::Look { why: "another participant's lease node stood in the last look" }
+        }
     }
 }
 
@@ -252,7 +254,8 @@ mod tests {
     #[test]
     fn the_shortcut_needs_its_connection_a_fresh_proof_and_a_quiet_own_node() {
         let children = names(&[A, B, LEASE_A]);
-        let base = Warm { departed: A, proof_generation: 3, generation: 3, proof_fresh: true, own_quiet: true };
+        let base =
+            Warm { departed: A, proof_generation: 3, generation: 3, proof_fresh: true, own_quiet: true };
         for warm in [
             Warm { generation: 4, ..base },
             Warm { proof_fresh: false, ..base },

@@ -54,6 +54,8 @@ pub const TERM_HEADER: &str = "zkrun-term";
 pub const ELECTION_HEADER: &str = "zkrun-election";
 /// See [`TERM_HEADER`].
 pub const PARTICIPANT_HEADER: &str = "zkrun-participant";
+/// The slot id of a scheduled run (`crate::schedule`), beside the term.
+pub const SLOT_HEADER: &str = "zkrun-slot";
 
 /// One destination the operator allows: scheme, host, port and a path
 /// prefix, e.g. `https://api.example.com/v1/`.
@@ -194,6 +196,8 @@ pub struct Egress {
     /// The term's stamps, built at the instance's first leader hook (an
     /// instance serves one term, so they rarely change after).
     stamp: Option<Stamp>,
+    /// The slot of the scheduled run in progress, if any.
+    slot: Option<String>,
     /// Whether the running hook may send (`on-elected`, `tick`).
     may_send: bool,
     last_refusal_logged: Option<Instant>,
@@ -213,6 +217,7 @@ impl Egress {
             in_flight,
             log,
             stamp: None,
+            slot: None,
             may_send: false,
             last_refusal_logged: None,
             refusals_unlogged: 0,
@@ -231,6 +236,11 @@ impl Egress {
         {
             self.stamp = Some(facts.stamp());
         }
+    }
+
+    /// Sets (or clears) the slot id stamped on requests as `zkrun-slot`.
+    pub fn set_slot(&mut self, slot: Option<String>) {
+        self.slot = slot;
     }
 
     /// Everything checked before a request may start: the permit, the grant,
@@ -286,11 +296,16 @@ impl Egress {
             return Err(self.refuse(&url, &why, Error::ConnectionLimitReached));
         };
         let headers = request.headers_mut();
+        headers.remove(SLOT_HEADER);
+        let slot_stamp = self.slot.clone().map(|slot| (SLOT_HEADER, slot));
         for (name, value) in [
             (TERM_HEADER, stamp.term.to_string()),
             (ELECTION_HEADER, stamp.election),
             (PARTICIPANT_HEADER, stamp.participant),
-        ] {
+        ]
+        .into_iter()
+        .chain(slot_stamp)
+        {
             // `insert` replaces every value the guest may have set.
             let value = HeaderValue::from_str(&value)
                 .map_err(|_| Error::InternalError(Some(format!("zkrun cannot stamp {name}"))))?;
