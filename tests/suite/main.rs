@@ -10,5 +10,6 @@ mod election;
 mod guests;
 mod ops;
 mod runtime;
+mod schedules;
 mod security;
 mod state;
