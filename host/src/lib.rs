@@ -6,6 +6,8 @@
 //! - [`plugin`]: the WebAssembly runtime for the job (knows nothing of
 //!   ZooKeeper).
 //! - [`state`]: fenced state, kept in ZooKeeper across failovers.
+//! - [`schedule`]: cron and interval schedules, and the slot ledger;
+//!   [`slots`] runs a schedule's slots for the supervisor.
 //! - [`supervisor`]: the one place where leadership drives the job.
 //! - [`cli`], [`status`], [`logging`]: the `zkrun` command.
 //! - [`metrics`], [`health`], [`notify`]: what operators watch (Prometheus,
@@ -23,6 +25,8 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod plugin;
+pub mod schedule;
+pub mod slots;
 pub mod state;
 pub mod status;
 pub mod supervisor;

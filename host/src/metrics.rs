@@ -73,6 +73,9 @@ pub struct Metrics {
     zk_reconnects: Counter,
     plugin_info: Family<PluginLabel, Gauge>,
     state_writes: Family<OutcomeLabel, Counter>,
+    slot_runs: Family<OutcomeLabel, Counter>,
+    slot_lag: Gauge<f64, AtomicU64>,
+    slot_next_due: Gauge,
     /// Serialises scrapes: the reconnect counter follows the election's by
     /// the difference since the last scrape.
     scrape: Mutex<u64>,
@@ -145,6 +148,24 @@ impl Metrics {
         registry.register("plugin_info", "The plugin running on this host (always 1)", plugin_info.clone());
         let state_writes = Family::<OutcomeLabel, Counter>::default();
         registry.register("state_writes", "Fenced state writes, by outcome", state_writes.clone());
+        let slot_runs = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "slot_runs",
+            "Schedule slots this host ran or recorded, by outcome (ok, error, interrupted, missed, skipped)",
+            slot_runs.clone(),
+        );
+        let slot_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "slot_lag_seconds",
+            "How late the last slot run started after its scheduled instant",
+            slot_lag.clone(),
+        );
+        let slot_next_due = Gauge::default();
+        registry.register(
+            "slot_next_due_timestamp_seconds",
+            "When the next slot of the schedule is due (Unix time), while leading",
+            slot_next_due.clone(),
+        );
         Arc::new(Metrics {
             registry,
             is_leader,
@@ -160,6 +181,9 @@ impl Metrics {
             zk_reconnects,
             plugin_info,
             state_writes,
+            slot_runs,
+            slot_lag,
+            slot_next_due,
             scrape: Mutex::new(0),
             beat: Mutex::new(Instant::now()),
             liveness,
@@ -196,6 +220,21 @@ impl Metrics {
         let label =
             PluginLabel { name: crate::text::label_value(name), sha256: crate::text::label_value(sha256) };
         self.plugin_info.get_or_create(&label).set(1);
+    }
+
+    /// Counts a slot this host ran or recorded, by its outcome.
+    pub fn slot_outcome(&self, outcome: &'static str) {
+        self.slot_runs.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// How late the last slot run started, and when the next is due.
+    pub fn slot_times(&self, lag: Option<Duration>, next_due_unix: Option<i64>) {
+        if let Some(lag) = lag {
+            self.slot_lag.set(lag.as_secs_f64());
+        }
+        if let Some(next) = next_due_unix {
+            self.slot_next_due.set(next);
+        }
     }
 
     /// The supervisor loop went round: it is responsive.

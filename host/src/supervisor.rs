@@ -37,6 +37,7 @@ use crate::notify::Notifier;
 use crate::plugin::{
     self, Facts, Hook, HookFailure, Instance, Interrupter, LoadError, Permit, Plugin, Runtime,
 };
+use crate::slots::SlotRunner;
 use crate::state::zookeeper::FencedStore;
 use crate::state::{StateQuota, StateStore, WriteRate};
 
@@ -64,6 +65,8 @@ pub struct JobSettings {
     pub connect_timeout: Option<Duration>,
     /// Limits on the election's fenced state.
     pub state_quota: StateQuota,
+    /// Run the job on this schedule's slots instead of every tick.
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 /// Why the supervisor stopped.
@@ -158,6 +161,8 @@ pub struct Supervisor {
     /// The election's state write rates: one for the life of the process,
     /// so no resign, reload or failover refills them.
     state_rate: WriteRate,
+    /// In schedule mode: runs slots in place of ticks.
+    slots: Option<SlotRunner>,
 }
 
 impl Supervisor {
@@ -174,6 +179,14 @@ impl Supervisor {
         let metrics = Metrics::new(runtime.config().hook_timeout * 2 + Duration::from_secs(10));
         metrics.plugin_loaded(plugin.name(), plugin.sha256());
         let settings_quota = settings.state_quota;
+        let slots = settings.schedule.clone().map(|schedule| {
+            SlotRunner::new(
+                schedule,
+                settings.participant.clone(),
+                settings.election.clone(),
+                metrics.clone(),
+            )
+        });
         Supervisor {
             election,
             events,
@@ -191,6 +204,7 @@ impl Supervisor {
             metrics,
             notifier: Notifier::from_env(),
             state_rate: WriteRate::new(settings_quota),
+            slots,
         }
     }
 
@@ -334,6 +348,9 @@ impl Supervisor {
                     Job::Leading(lead) => {
                         lead.suspended = false;
                         lead.next_tick = Instant::now();
+                        if let Some(slots) = &self.slots {
+                            slots.look_now();
+                        }
                         lead.instance.is_none() && self.running.is_none()
                     }
                     Job::Idle => false,
@@ -368,6 +385,9 @@ impl Supervisor {
             Job::Leading(lead) if lead.term == term => lead.since,
             _ => Instant::now(),
         };
+        if let Some(slots) = &mut self.slots {
+            slots.begin_term();
+        }
         self.job = Job::Leading(Lead {
             term,
             facts: facts.clone(),
@@ -435,6 +455,21 @@ impl Supervisor {
             lead.next_tick = Instant::now() + Duration::from_millis(10);
             return;
         }
+        if let Some(slots) = &self.slots {
+            // Schedule mode: a slot instead of a tick, when one may be due.
+            let fence = self.election.fence().filter(|fence| fence.term == lead.term);
+            if !slots.due() || fence.is_none() {
+                lead.next_tick = slots.next_wake();
+                return;
+            }
+            let Some(instance) = lead.instance.take() else { return };
+            let interrupter = instance.interrupter();
+            let run =
+                slots.run(instance, lead.facts.clone(), permit(election, lead.term), fence.expect("checked"));
+            let task = tokio::spawn(run);
+            self.running = Some(Running { hook: Hook::Tick, started: Instant::now(), interrupter, task });
+            return;
+        }
         let Some(mut instance) = lead.instance.take() else { return };
         let facts = lead.facts.clone();
         let permit = permit(election, lead.term);
@@ -466,8 +501,9 @@ impl Supervisor {
                 }
                 // The first tick follows on-elected at once; a slow tick
                 // delays the next one, it never piles up.
-                lead.next_tick = match hook {
-                    Hook::Tick => (started + self.settings.tick).max(Instant::now()),
+                lead.next_tick = match (hook, &self.slots) {
+                    (Hook::Tick, Some(slots)) => slots.next_wake(),
+                    (Hook::Tick, None) => (started + self.settings.tick).max(Instant::now()),
                     _ => Instant::now(),
                 };
                 if let Some(reason) = resignation {

@@ -15,5 +15,6 @@ mod hostmem;
 mod model;
 mod ops;
 mod runtime;
+mod schedules;
 mod security;
 mod state;

@@ -76,6 +76,18 @@ enum Command {
     /// Compile a component ahead of time for this zkrun (load the result
     /// with --trust-precompiled); zkrun also runs this as its compiler child.
     Compile(CompileArgs),
+    /// List the next slots of a schedule in its time zone, to check a cron
+    /// expression before deploying it.
+    Schedule(ScheduleCommandArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScheduleCommandArgs {
+    #[command(flatten)]
+    schedule: settings::ScheduleArgs,
+    /// How many due instants to list
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    next: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +159,7 @@ pub fn main() -> ExitCode {
         Some(Command::Status(args)) => status_command(args),
         Some(Command::Check(args)) => check(args),
         Some(Command::Compile(args)) => compile(args),
+        Some(Command::Schedule(args)) => schedule_command(args),
     };
     ExitCode::from(code)
 }
@@ -265,6 +278,7 @@ async fn serve(settings: RunSettings) -> u8 {
         election = settings.election,
         plugin = %settings.plugin.display(),
         tick_ms = settings.tick.as_millis() as u64,
+        schedule = settings.schedule.as_ref().map(|s| s.describe()),
         session_timeout_ms = settings.session_timeout.as_millis() as u64,
         compile_ms = plugin.compile_time().as_millis() as u64,
         cached = plugin.from_cache(),
@@ -319,6 +333,7 @@ async fn serve(settings: RunSettings) -> u8 {
             plugin_path: settings.plugin.clone(),
             connect_timeout: settings.connect_timeout,
             state_quota: settings.state_quota,
+            schedule: settings.schedule.clone(),
         },
     );
     if let Some(listener) = listener {
@@ -445,6 +460,23 @@ fn status_command(args: StatusArgs) -> u8 {
             code
         }
     }
+}
+
+/// `zkrun schedule`: the next slots, in the zone and in UTC, with their ids.
+fn schedule_command(args: ScheduleCommandArgs) -> u8 {
+    let schedule = match args.schedule.resolve_flags() {
+        Ok(Some(schedule)) => schedule,
+        Ok(None) => return usage("no schedule given: use --schedule CRON or --every DURATION"),
+        Err(message) => return usage(message),
+    };
+    println!("schedule: {}", schedule.describe());
+    let mut t = jiff::Timestamp::now();
+    for _ in 0..args.next {
+        let Some(slot) = schedule.next_after(t) else { break };
+        println!("{}  {}  {}", schedule.local(slot.at), slot.at, slot.id);
+        t = slot.at;
+    }
+    exit::OK
 }
 
 /// Compiles in a child process running this very binary (even if the file

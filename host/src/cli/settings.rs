@@ -16,6 +16,7 @@ use crate::plugin::{
     DEFAULT_COMPILE_MEMORY_LIMIT, DEFAULT_COMPILE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_COMPONENT_SIZE,
     DEFAULT_MEMORY_LIMIT, DirGrant, Grants, HttpLimits, HttpPrefix,
 };
+use crate::schedule::{self, Cadence, CatchUp, OnInterrupted, Schedule};
 use crate::state::StateQuota;
 use crate::zkconnect::ZkAccess;
 use crate::zkpath::{self, ConnectString};
@@ -79,6 +80,8 @@ pub struct RunSettings {
     pub connect_timeout: Option<Duration>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Run the job on a schedule's slots instead of every tick.
+    pub schedule: Option<Schedule>,
 }
 
 /// The `run` flags, as given (all optional: the file and defaults fill in).
@@ -179,6 +182,133 @@ pub struct RunArgs {
     pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub security: SecurityArgs,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+/// The schedule flags (issue 24; docs/schedules.md).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ScheduleArgs {
+    /// Run the job once per slot of this cron schedule instead of every tick: 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or @hourly/@daily/@weekly/@monthly/@yearly
+    #[arg(long, value_name = "CRON", conflicts_with = "every")]
+    pub schedule: Option<String>,
+    /// Run the job once per slot of this interval, aligned to the Unix epoch, e.g. 15m
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub every: Option<Duration>,
+    /// IANA time zone the cron fields are read in, e.g. Europe/Berlin [default: UTC]
+    #[arg(long, value_name = "ZONE")]
+    pub timezone: Option<String>,
+    /// How late a slot may still start; older unrun slots are recorded as missed [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub catch_up: Option<Duration>,
+    /// Which missed slots inside the catch-up window a new leader runs: latest, all or none [default: latest]
+    #[arg(long, value_name = "POLICY")]
+    pub catch_up_policy: Option<String>,
+    /// A slot whose run was cut off (leader died, lease lapsed): retry (as the next attempt) or skip [default: retry]
+    #[arg(long, value_name = "POLICY")]
+    pub on_interrupted: Option<String>,
+    /// Most attempts of one slot, the first run included [default: 3]
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Deadline of one scheduled run (instead of --hook-timeout) [default: 10m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub run_timeout: Option<Duration>,
+}
+
+impl ScheduleArgs {
+    /// The schedule from flags alone (`zkrun schedule`).
+    pub fn resolve_flags(self) -> Result<Option<Schedule>, String> {
+        self.resolve(ScheduleSection::default(), &|what| what.to_string())
+    }
+
+    /// The schedule, if `--schedule` or `--every` (or the file's
+    /// `[schedule]`) names one; flags override the file.
+    fn resolve(
+        self,
+        file: ScheduleSection,
+        in_file: &dyn Fn(&str) -> String,
+    ) -> Result<Option<Schedule>, String> {
+        let every = match (self.every, &file.every) {
+            (Some(d), _) => Some(d),
+            (None, Some(t)) if self.schedule.is_none() => {
+                Some(parse_duration(t).map_err(|e| format!("{}: {e}", in_file("[schedule] every")))?)
+            }
+            _ => None,
+        };
+        let cron = self.schedule.or(if self.every.is_some() { None } else { file.cron });
+        let cadence = match (cron, every) {
+            (Some(_), Some(_)) => {
+                return Err(format!("{}: give cron or every, not both", in_file("[schedule]")));
+            }
+            (Some(text), None) => schedule::parse_cron(&text)?,
+            (None, Some(period)) if period < Duration::from_secs(1) => {
+                return Err(format!(
+                    "--every must be at least 1s, not {}",
+                    humantime::format_duration(period)
+                ));
+            }
+            (None, Some(period)) => Cadence::Every(period),
+            (None, None) => {
+                let stray = [
+                    ("--timezone", self.timezone.is_some()),
+                    ("--catch-up", self.catch_up.is_some()),
+                    ("--catch-up-policy", self.catch_up_policy.is_some()),
+                    ("--on-interrupted", self.on_interrupted.is_some()),
+                    ("--max-attempts", self.max_attempts.is_some()),
+                    ("--run-timeout", self.run_timeout.is_some()),
+                ];
+                if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+                    return Err(format!("{flag} needs a schedule: add --schedule CRON or --every DURATION"));
+                }
+                return Ok(None);
+            }
+        };
+        let file_duration = |text: Option<String>, what: &str| -> Result<Option<Duration>, String> {
+            text.map(|t| parse_duration(&t).map_err(|e| format!("{}: {e}", in_file(what)))).transpose()
+        };
+        let catch_up = match self.catch_up {
+            Some(d) => d,
+            None => {
+                file_duration(file.catch_up, "[schedule] catch-up")?.unwrap_or(schedule::DEFAULT_CATCH_UP)
+            }
+        };
+        let run_timeout = match self.run_timeout {
+            Some(d) => d,
+            None => file_duration(file.run_timeout, "[schedule] run-timeout")?
+                .unwrap_or(schedule::DEFAULT_RUN_TIMEOUT),
+        };
+        let policy =
+            self.catch_up_policy.or(file.catch_up_policy).map(|p| schedule::parse_policy(&p)).transpose()?;
+        let on_interrupted = self
+            .on_interrupted
+            .or(file.on_interrupted)
+            .map(|p| schedule::parse_on_interrupted(&p))
+            .transpose()?;
+        let zone = self.timezone.or(file.timezone).unwrap_or_else(|| "UTC".to_string());
+        Schedule::new(
+            cadence,
+            &zone,
+            catch_up,
+            policy.unwrap_or(CatchUp::Latest),
+            on_interrupted.unwrap_or(OnInterrupted::Retry),
+            self.max_attempts.or(file.max_attempts).unwrap_or(schedule::DEFAULT_MAX_ATTEMPTS),
+            run_timeout,
+        )
+        .map(Some)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ScheduleSection {
+    cron: Option<String>,
+    every: Option<String>,
+    timezone: Option<String>,
+    catch_up: Option<String>,
+    catch_up_policy: Option<String>,
+    on_interrupted: Option<String>,
+    max_attempts: Option<u32>,
+    run_timeout: Option<String>,
 }
 
 /// The configuration file.
@@ -200,6 +330,8 @@ struct FileConfig {
     plugin: PluginSection,
     #[serde(default)]
     state: StateSection,
+    #[serde(default)]
+    schedule: ScheduleSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -460,6 +592,8 @@ impl RunArgs {
             (None, None) => None,
         };
 
+        let schedule = self.schedule.resolve(file.schedule, &in_file)?;
+
         Ok(RunSettings {
             plugin,
             zk,
@@ -484,6 +618,7 @@ impl RunArgs {
             log_level,
             connect_timeout,
             metrics,
+            schedule,
         })
     }
 }

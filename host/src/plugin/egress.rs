@@ -59,6 +59,8 @@ pub const TERM_HEADER: &str = "zkrun-term";
 pub const ELECTION_HEADER: &str = "zkrun-election";
 /// See [`TERM_HEADER`].
 pub const PARTICIPANT_HEADER: &str = "zkrun-participant";
+/// The slot id of a scheduled run (`crate::schedule`), beside the term.
+pub const SLOT_HEADER: &str = "zkrun-slot";
 
 /// One destination the operator allows: scheme, host, port and a path
 /// prefix, e.g. `https://api.example.com/v1/`.
@@ -191,7 +193,7 @@ fn percent_decode(text: &str) -> Option<Vec<u8>> {
 /// and ignores case, as CGI and WSGI do.
 fn shadows_a_stamp(name: &str) -> bool {
     let folded = name.replace('_', "-");
-    [TERM_HEADER, ELECTION_HEADER, PARTICIPANT_HEADER].contains(&folded.as_str())
+    [TERM_HEADER, ELECTION_HEADER, PARTICIPANT_HEADER, SLOT_HEADER].contains(&folded.as_str())
 }
 
 /// The `Host` header for `uri`, from its normalised host and port (the
@@ -259,6 +261,8 @@ pub struct Egress {
     /// The term's stamps, built at the instance's first leader hook (an
     /// instance serves one term, so they rarely change after).
     stamp: Option<Stamp>,
+    /// The slot of the scheduled run in progress, if any.
+    slot: Option<String>,
     /// Whether the running hook may send (`on-elected`, `tick`).
     may_send: bool,
     last_refusal_logged: Option<Instant>,
@@ -284,6 +288,7 @@ impl Egress {
             in_flight,
             log,
             stamp: None,
+            slot: None,
             may_send: false,
             last_refusal_logged: None,
             refusals_unlogged: 0,
@@ -303,6 +308,11 @@ impl Egress {
         {
             self.stamp = Some(facts.stamp());
         }
+    }
+
+    /// Sets (or clears) the slot id stamped on requests as `zkrun-slot`.
+    pub fn set_slot(&mut self, slot: Option<String>) {
+        self.slot = slot;
     }
 
     /// Everything checked before a request may start: the permit, the grant,
@@ -370,11 +380,15 @@ impl Egress {
         }
         headers.remove(http::header::TRAILER);
         headers.insert(http::header::HOST, host);
+        let slot_stamp = self.slot.clone().map(|slot| (SLOT_HEADER, slot));
         for (name, value) in [
             (TERM_HEADER, stamp.term.to_string()),
             (ELECTION_HEADER, stamp.election),
             (PARTICIPANT_HEADER, stamp.participant),
-        ] {
+        ]
+        .into_iter()
+        .chain(slot_stamp)
+        {
             // `insert` replaces every value the guest may have set.
             let value = HeaderValue::from_str(&value)
                 .map_err(|_| Error::InternalError(Some(format!("zkrun cannot stamp {name}"))))?;

@@ -42,7 +42,7 @@ use bindings::{Job, JobPre, Leadership};
 pub use cache::{check_grants as check_cache_grants, default_dir as default_cache_dir};
 pub use egress::{
     DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_MAX_RESPONSE, DEFAULT_HTTP_TIMEOUT, ELECTION_HEADER, HttpLimits,
-    HttpPrefix, PARTICIPANT_HEADER, TERM_HEADER,
+    HttpPrefix, PARTICIPANT_HEADER, SLOT_HEADER, TERM_HEADER,
 };
 use egress::{Egress, HttpPolicy, Stamp};
 pub use limits::{EPOCH_TICK, Interrupter, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Permit, Stop};
@@ -115,6 +115,19 @@ impl Facts {
     pub(crate) fn stamp(&self) -> Stamp {
         Stamp { term: self.term, election: self.election.clone(), participant: self.participant.clone() }
     }
+}
+
+/// The slot a scheduled run is for (see `crate::schedule`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotFacts {
+    /// The slot id: the schedule and the instant.
+    pub id: String,
+    /// The scheduled instant, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// 1 for the first run, 2 for the first retry, ...
+    pub attempt: u32,
+    /// The previous attempt's outcome, if any (`interrupted`).
+    pub previous: Option<String>,
 }
 
 /// A hook, or instantiation, as named in logs.
@@ -650,6 +663,24 @@ impl Instance {
         self.enter(Hook::Tick, Some((permit, facts)))?;
         let result = bounded(&self.gate, self.job.call_tick(&mut self.store, &facts.to_wit())).await;
         self.leave(Hook::Tick, result)
+    }
+
+    /// Calls `tick` for a scheduled slot: bounded by `deadline` (the run
+    /// timeout, not the hook timeout) and `permit`; HTTP requests carry the
+    /// slot id in `zkrun-slot`.
+    pub async fn tick_within(
+        &mut self,
+        facts: &Facts,
+        permit: Arc<dyn Permit>,
+        deadline: Duration,
+        slot: &SlotFacts,
+    ) -> Result<(), HookFailure> {
+        let hook_timeout = std::mem::replace(&mut self.timeout, deadline);
+        self.store.data_mut().egress.set_slot(Some(slot.id.clone()));
+        let result = self.tick(facts, permit).await;
+        self.store.data_mut().egress.set_slot(None);
+        self.timeout = hook_timeout;
+        result
     }
 
     /// Calls `on-demoted`, bounded by the deadline only.
