@@ -6,6 +6,7 @@
 //! - [`plugin`]: the WebAssembly runtime for the job (knows nothing of
 //!   ZooKeeper).
 //! - [`state`]: fenced state, kept in ZooKeeper across failovers.
+//! - [`rollout`]: `zkrun publish` and participants that follow it.
 //! - [`supervisor`]: the one place where leadership drives the job.
 //! - [`cli`], [`status`], [`logging`]: the `zkrun` command.
 //! - [`metrics`], [`health`], [`notify`]: what operators watch (Prometheus,
@@ -22,6 +23,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod plugin;
+pub mod rollout;
 pub mod state;
 pub mod status;
 pub mod supervisor;

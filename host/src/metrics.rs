@@ -71,6 +71,7 @@ pub struct Metrics {
     zk_reconnects: Counter,
     plugin_info: Family<PluginLabel, Gauge>,
     state_writes: Family<OutcomeLabel, Counter>,
+    rollout_reverts: Counter,
     /// Serialises scrapes: the reconnect counter follows the election's by
     /// the difference since the last scrape.
     scrape: Mutex<u64>,
@@ -131,7 +132,14 @@ impl Metrics {
         registry.register("plugin_info", "The plugin running on this host (always 1)", plugin_info.clone());
         let state_writes = Family::<OutcomeLabel, Counter>::default();
         registry.register("state_writes", "Fenced state writes, by outcome", state_writes.clone());
+        let rollout_reverts = Counter::default();
+        registry.register(
+            "rollout_reverts",
+            "Published plugin versions this host reverted after they failed on it as leader",
+            rollout_reverts.clone(),
+        );
         Arc::new(Metrics {
+            rollout_reverts,
             registry,
             is_leader,
             term,
@@ -176,6 +184,11 @@ impl Metrics {
     pub fn plugin_loaded(&self, name: &str, sha256: &str) {
         self.plugin_info.clear();
         self.plugin_info.get_or_create(&PluginLabel { name: name.into(), sha256: sha256.into() }).set(1);
+    }
+
+    /// This host reverted a published version (see `rollout`).
+    pub fn rollout_reverted(&self) {
+        self.rollout_reverts.inc();
     }
 
     /// The supervisor loop went round: it is responsive.

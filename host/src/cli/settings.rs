@@ -77,6 +77,8 @@ pub struct RunSettings {
     pub connect_timeout: Option<Duration>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// With `--plugin published`: how to follow the published plugin.
+    pub follow: Option<crate::rollout::follow::FollowSettings>,
 }
 
 /// The `run` flags, as given (all optional: the file and defaults fill in).
@@ -171,6 +173,8 @@ pub struct RunArgs {
     pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub security: SecurityArgs,
+    #[command(flatten)]
+    pub rollout: crate::rollout::follow::FollowArgs,
 }
 
 /// The configuration file.
@@ -434,7 +438,16 @@ impl RunArgs {
             (None, None) => None,
         };
 
+        // `--plugin published` follows `zkrun publish` (see rollout).
+        let follow = if plugin.as_os_str() == crate::rollout::follow::PUBLISHED {
+            Some(self.rollout.resolve()?)
+        } else if !self.rollout.trust_key.is_empty() {
+            return Err("--trust-key applies to --plugin published only".into());
+        } else {
+            None
+        };
         Ok(RunSettings {
+            follow,
             plugin,
             zk,
             zk_access,
