@@ -9,6 +9,7 @@ mod egress;
 mod election;
 mod guests;
 mod ops;
+mod rollout;
 mod runtime;
 mod security;
 mod state;
