@@ -30,14 +30,8 @@ fn publish_ok(ensemble: &Ensemble, election: &str, args: &[&str]) -> String {
 
 /// A participant following the published plugin of `election`.
 fn follower(ensemble: &Ensemble, election: &str, id: &str, extra: &[&str]) -> Process {
-    let args = participant_args(
-        &ensemble.connect_string(),
-        election,
-        Path::new("published"),
-        "200ms",
-        "4s",
-        extra,
-    );
+    let args =
+        participant_args(&ensemble.connect_string(), election, Path::new("published"), "200ms", "4s", extra);
     Process::zkrun(id, &args)
 }
 
@@ -68,7 +62,8 @@ fn one_publish_moves_the_fleet_in_the_same_term_and_a_failing_version_is_reverte
     let ensemble = Ensemble::start();
     let election = "/zkrun/rollout/fleet";
     let dir = TempDir::new("rollout");
-    let (v1, v2, v3) = (plugin_copy(&dir, "heartbeat"), plugin_copy(&dir, "counter"), plugin_copy(&dir, "trap"));
+    let (v1, v2, v3) =
+        (plugin_copy(&dir, "heartbeat"), plugin_copy(&dir, "counter"), plugin_copy(&dir, "trap"));
     let (sha1, sha2, sha3) = (sha256_of(&v1), sha256_of(&v2), sha256_of(&v3));
 
     // A host with no local file starts from the published version.
@@ -118,7 +113,10 @@ fn one_publish_moves_the_fleet_in_the_same_term_and_a_failing_version_is_reverte
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or(0);
-    println!("rollout v1 -> v2: leader term {term} kept; largest gap between job log lines around the swap: {} ms (tick 200ms)", gap / 1_000_000);
+    println!(
+        "rollout v1 -> v2: leader term {term} kept; largest gap between job log lines around the swap: {} ms (tick 200ms)",
+        gap / 1_000_000
+    );
 
     // v3 traps on its first tick: the leader reverts to v2 and marks v3 bad.
     let before: Vec<usize> = fleet.iter().map(|p| p.log().len()).collect();
@@ -183,7 +181,8 @@ fn tampered_chunks_unsigned_versions_and_oversized_components_are_refused() {
         let mut tampered = bytes[..bytes.len().min(512 << 10)].to_vec();
         tampered[100] ^= 0xff;
         let vdir = format!("{election}/plugin/v99");
-        let options = zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+        let options =
+            zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
         client.create(&vdir, &[], &options).await.unwrap();
         client.create(&format!("{vdir}/chunk-0000"), &tampered, &options).await.unwrap();
         for i in 1..bytes.len().div_ceil(512 << 10) {
@@ -197,7 +196,11 @@ fn tampered_chunks_unsigned_versions_and_oversized_components_are_refused() {
         manifest["current"]["size"] = bytes.len().into();
         manifest["current"]["chunks"] = bytes.len().div_ceil(512 << 10).into();
         client
-            .set_data(&format!("{election}/plugin/current"), &serde_json::to_vec(&manifest).unwrap(), Some(stat.version))
+            .set_data(
+                &format!("{election}/plugin/current"),
+                &serde_json::to_vec(&manifest).unwrap(),
+                Some(stat.version),
+            )
             .await
             .unwrap();
     });
@@ -213,10 +216,14 @@ fn tampered_chunks_unsigned_versions_and_oversized_components_are_refused() {
         fleet[leader]
             .events()
             .iter()
-            .any(|e| e.kind() == "plugin_log" && e.term() == Some(term) && e.mono_ns().unwrap_or(0) > refused_at)
+            .any(|e| {
+                e.kind() == "plugin_log" && e.term() == Some(term) && e.mono_ns().unwrap_or(0) > refused_at
+            })
             .then_some(())
     });
-    assert!(fleet.iter().all(|p| !p.events().iter().any(|e| e.kind() == "reloaded" && e.str("sha256") == sha1)));
+    assert!(
+        fleet.iter().all(|p| !p.events().iter().any(|e| e.kind() == "reloaded" && e.str("sha256") == sha1))
+    );
 
     // --trust-key: an unsigned version is refused, a signed one runs.
     publish_ok(&ensemble, election, &[v2.to_str().unwrap()]);
@@ -237,7 +244,8 @@ fn tampered_chunks_unsigned_versions_and_oversized_components_are_refused() {
     std::fs::write(&other_secret, other.sk.to_box(None).unwrap().to_string()).unwrap();
     let from = strict.log().len();
     publish_ok(&ensemble, election, &[v2.to_str().unwrap(), "--sign-key", other_secret.to_str().unwrap()]);
-    let refused = strict.wait_event_from(from, "wrongly signed refused", SOON, |e| e.kind() == "rollout_refused");
+    let refused =
+        strict.wait_event_from(from, "wrongly signed refused", SOON, |e| e.kind() == "rollout_refused");
     assert!(refused.str("reason").contains("not valid for any --trust-key"), "{}", refused.raw);
 }
 
@@ -245,7 +253,13 @@ fn tampered_chunks_unsigned_versions_and_oversized_components_are_refused() {
 /// section, one list per code block.
 fn readme_commands() -> Vec<Vec<Vec<String>>> {
     let readme = std::fs::read_to_string(paths::root().join("README.md")).unwrap();
-    let section = readme.split("## Rolling out a new job").nth(1).expect("the README section").split("\n## ").next().unwrap();
+    let section = readme
+        .split("## Rolling out a new job")
+        .nth(1)
+        .expect("the README section")
+        .split("\n## ")
+        .next()
+        .unwrap();
     let mut blocks = Vec::new();
     for block in section.split("```sh\n").skip(1) {
         let code = block.split("```").next().unwrap();
@@ -275,7 +289,9 @@ fn the_readme_rollout_commands_work_as_written() {
         args.iter()
             .map(|a| match a.as_str() {
                 "zk1:2181,zk2:2181,zk3:2181" => ensemble.connect_string().into(),
-                f if f.ends_with(".wasm") || f.ends_with(".key") || f.ends_with(".pub") => dir.path().join(f).into(),
+                f if f.ends_with(".wasm") || f.ends_with(".key") || f.ends_with(".pub") => {
+                    dir.path().join(f).into()
+                }
                 a => a.into(),
             })
             .collect()
@@ -302,7 +318,9 @@ fn the_readme_rollout_commands_work_as_written() {
             _ => {
                 assert!(stdout.contains("rolled back /jobs/nightly from v2 to v1"), "{stdout}");
                 let from = host.events().iter().rposition(|e| e.kind() == "reloaded").unwrap() + 1;
-                host.wait_event_from(from, "back on v1", SOON, |e| e.kind() == "reloaded" && e.str("sha256") == sha1);
+                host.wait_event_from(from, "back on v1", SOON, |e| {
+                    e.kind() == "reloaded" && e.str("sha256") == sha1
+                });
             }
         }
     }

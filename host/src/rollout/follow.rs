@@ -164,7 +164,9 @@ impl Follower {
                             }
                             watcher
                         }
-                        Err(e) => return Err(format!("cannot watch {}: {e}", manifest_path(&follower.election))),
+                        Err(e) => {
+                            return Err(format!("cannot watch {}: {e}", manifest_path(&follower.election)));
+                        }
                     }
                 }
                 Err(e) => return Err(format!("cannot read {}: {e}", manifest_path(&follower.election))),
@@ -216,11 +218,20 @@ impl Follower {
         if !self.client.state().is_terminated() {
             return;
         }
-        match super::publish::connect(&self.connect, &self.access, self.session_timeout, Duration::from_secs(10))
-            .await
+        match super::publish::connect(
+            &self.connect,
+            &self.access,
+            self.session_timeout,
+            Duration::from_secs(10),
+        )
+        .await
         {
             Ok(client) => self.client = client,
-            Err(e) => warn!(event = "rollout_watch_failed", error = e, "cannot reconnect to follow the published plugin"),
+            Err(e) => warn!(
+                event = "rollout_watch_failed",
+                error = e,
+                "cannot reconnect to follow the published plugin"
+            ),
         }
     }
 
@@ -270,7 +281,10 @@ impl Follower {
     async fn check(&self, version: &Version) -> Result<(), String> {
         match self.client.check_stat(&bad_path(&self.election, &version.sha256)).await {
             Ok(Some(_)) => {
-                return Err(format!("{} is marked bad (reverted); publish it again to use it", version.version));
+                return Err(format!(
+                    "{} is marked bad (reverted); publish it again to use it",
+                    version.version
+                ));
             }
             Ok(None) => {}
             Err(e) => return Err(format!("cannot read the bad marks: {e}")),
@@ -353,7 +367,8 @@ impl Follower {
         let own = self.id.replace('/', "_");
         let mut count = 0;
         for name in ready.iter().filter(|name| **name != own) {
-            if let Ok((data, _)) = self.client.get_data(&format!("{}/{name}", ready_dir(&self.election))).await
+            if let Ok((data, _)) =
+                self.client.get_data(&format!("{}/{name}", ready_dir(&self.election))).await
                 && serde_json::from_slice::<serde_json::Value>(&data)
                     .ok()
                     .and_then(|v| v.get("sha256").and_then(|s| s.as_str().map(str::to_string)))
@@ -409,7 +424,13 @@ impl Guard {
     /// The plugin with `sha256` failed on this leader in `term` (`fence`
     /// while it still leads). Reverts if that is one failure too many for
     /// the published version; `Some(reason)` if it did.
-    pub async fn plugin_failed(&self, fence: Option<Fence>, term: Term, sha256: &str, why: &str) -> Option<String> {
+    pub async fn plugin_failed(
+        &self,
+        fence: Option<Fence>,
+        term: Term,
+        sha256: &str,
+        why: &str,
+    ) -> Option<String> {
         let count = {
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -421,7 +442,12 @@ impl Guard {
             return None;
         }
         let Some(fence) = fence else {
-            warn!(event = "revert_skipped", id = self.id, term = term.0, "a plugin failure would revert the published version, but this host no longer leads");
+            warn!(
+                event = "revert_skipped",
+                id = self.id,
+                term = term.0,
+                "a plugin failure would revert the published version, but this host no longer leads"
+            );
             return None;
         };
         match self.revert(&fence, sha256, why).await {
@@ -446,7 +472,13 @@ impl Guard {
             }
             Ok(None) => None,
             Err(e) => {
-                error!(event = "revert_failed", id = self.id, term = term.0, error = e, "cannot revert the published plugin: {e}");
+                error!(
+                    event = "revert_failed",
+                    id = self.id,
+                    term = term.0,
+                    error = e,
+                    "cannot revert the published plugin: {e}"
+                );
                 None
             }
         }
@@ -469,7 +501,12 @@ impl Guard {
             return Ok(None);
         }
         let Some(previous) = manifest.previous.clone() else {
-            warn!(event = "revert_skipped", id = self.id, version = manifest.current.version, "the failing published version has no previous version to go back to");
+            warn!(
+                event = "revert_skipped",
+                id = self.id,
+                version = manifest.current.version,
+                "the failing published version has no previous version to go back to"
+            );
             return Ok(None);
         };
         let revert = Revert {
@@ -480,7 +517,8 @@ impl Guard {
             term: fence.term.0,
             at: super::now_rfc3339(),
         };
-        let reverted = Manifest { current: previous, previous: Some(manifest.current), reverted: Some(revert.clone()) };
+        let reverted =
+            Manifest { current: previous, previous: Some(manifest.current), reverted: Some(revert.clone()) };
         client
             .mkdir(&bad_dir(&self.election), &fence.acl.persistent())
             .await

@@ -197,8 +197,7 @@ pub async fn fetch(
     if version.size > limit {
         return Err(FetchError::TooLarge { version: version.version.clone(), size: version.size, limit });
     }
-    let paths: Vec<String> =
-        (0..version.chunks).map(|i| chunk_path(election, &version.version, i)).collect();
+    let paths: Vec<String> = (0..version.chunks).map(|i| chunk_path(election, &version.version, i)).collect();
     let reads: Vec<_> = paths.iter().map(|p| client.get_data(p)).collect();
     let mut bytes = Vec::with_capacity(version.size as usize);
     for (path, read) in paths.iter().zip(reads) {
@@ -230,6 +229,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// `user@host`, for the manifest's `published_by`.
 pub fn who() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user =
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     format!("{user}@{}", crate::election::node::hostname())
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use zookeeper_client as zk;
 
 use super::{
-    CHUNK_SIZE, DEFAULT_MAX_PUBLISHED, Manifest, Version, bad_dir, bad_path, chunk_path, manifest_path,
-    root, version_path,
+    CHUNK_SIZE, DEFAULT_MAX_PUBLISHED, Manifest, Version, bad_dir, bad_path, chunk_path, manifest_path, root,
+    version_path,
 };
 use crate::zkconnect::{NodeAcl, ZkAccess};
 use crate::zkpath::ConnectString;
@@ -50,16 +50,17 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<zk::Client, String> {
     let connector = zk::Client::connector().with_session_timeout(session_timeout);
-    let client = match tokio::time::timeout(timeout, access.connect(connector, &connect.servers_string())).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => return Err(format!("cannot reach ZooKeeper at {connect}: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "cannot reach ZooKeeper at {connect}: no answer within {}",
-                humantime::format_duration(timeout)
-            ));
-        }
-    };
+    let client =
+        match tokio::time::timeout(timeout, access.connect(connector, &connect.servers_string())).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(format!("cannot reach ZooKeeper at {connect}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "cannot reach ZooKeeper at {connect}: no answer within {}",
+                    humantime::format_duration(timeout)
+                ));
+            }
+        };
     match &connect.chroot {
         None => Ok(client),
         Some(chroot) => client.chroot(chroot.as_str()).map_err(|_| format!("bad chroot {chroot}")),
@@ -67,7 +68,12 @@ pub async fn connect(
 }
 
 /// Runs `action` against `election`; `Ok` is what to print.
-pub async fn run(client: &zk::Client, acl: &NodeAcl, election: &str, action: Action) -> Result<String, String> {
+pub async fn run(
+    client: &zk::Client,
+    acl: &NodeAcl,
+    election: &str,
+    action: Action,
+) -> Result<String, String> {
     match action {
         Action::Publish { file, label, sign_key, signature, max_size } => {
             publish(client, acl, election, &file, label, sign_key.as_deref(), signature.as_deref(), max_size)
@@ -90,7 +96,9 @@ pub async fn read_manifest(client: &zk::Client, election: &str) -> Result<Option
 fn denied(path: &str, e: zk::Error) -> String {
     match e {
         zk::Error::NoAuth => {
-            format!("not allowed to write {path}: publishing needs write access to the election's subtree (see --zk-auth)")
+            format!(
+                "not allowed to write {path}: publishing needs write access to the election's subtree (see --zk-auth)"
+            )
         }
         e => format!("cannot write {path}: {e}"),
     }
@@ -123,26 +131,24 @@ async fn publish(
     let signature = match (sign_key, signature_file) {
         (Some(key), _) => Some(super::sign::sign(&bytes, key, &label_text)?),
         (None, Some(path)) => Some(
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read signature {}: {e}", path.display()))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read signature {}: {e}", path.display()))?,
         ),
         (None, None) => None,
     };
 
     let found = read_manifest(client, election).await?;
-    let number = found.as_ref().map_or(1, |(m, _)| {
-        m.current.number.max(m.previous.as_ref().map_or(0, |p| p.number)) + 1
-    });
+    let number = found
+        .as_ref()
+        .map_or(1, |(m, _)| m.current.number.max(m.previous.as_ref().map_or(0, |p| p.number)) + 1);
     let name = format!("v{number}");
     let dir = version_path(election, &name);
     client.mkdir(&dir, &acl.persistent()).await.map_err(|e| denied(&dir, e))?;
     // Left over by a publisher killed half-way: never referenced, replace it.
     clear_children(client, &dir).await?;
     let chunks = bytes.chunks(CHUNK_SIZE).collect::<Vec<_>>();
-    let writes: Vec<_> = chunks
-        .iter()
-        .enumerate()
-        .map(|(i, chunk)| (chunk_path(election, &name, i as u32), chunk))
-        .collect();
+    let writes: Vec<_> =
+        chunks.iter().enumerate().map(|(i, chunk)| (chunk_path(election, &name, i as u32), chunk)).collect();
     let pending: Vec<_> =
         writes.iter().map(|(path, chunk)| client.create(path, chunk, &acl.persistent())).collect();
     for ((path, _), write) in writes.iter().zip(pending) {
@@ -172,7 +178,9 @@ async fn publish(
     // The manifest last: before this, no reader knows the version exists.
     let path = manifest_path(election);
     let written = match &found {
-        Some((_, stat_version)) => client.set_data(&path, &manifest.to_bytes(), Some(*stat_version)).await.map(|_| ()),
+        Some((_, stat_version)) => {
+            client.set_data(&path, &manifest.to_bytes(), Some(*stat_version)).await.map(|_| ())
+        }
         None => client.create(&path, &manifest.to_bytes(), &acl.persistent()).await.map(|_| ()),
     };
     match written {
@@ -205,11 +213,14 @@ async fn clear_children(client: &zk::Client, dir: &str) -> Result<(), String> {
 /// Deletes every version directory the manifest no longer names. Best
 /// effort: a failure leaves garbage, never a broken version.
 async fn prune(client: &zk::Client, election: &str, manifest: &Manifest) {
-    let keep: Vec<&str> =
-        std::iter::once(&manifest.current).chain(manifest.previous.as_ref()).map(|v| v.version.as_str()).collect();
+    let keep: Vec<&str> = std::iter::once(&manifest.current)
+        .chain(manifest.previous.as_ref())
+        .map(|v| v.version.as_str())
+        .collect();
     let Ok(children) = client.list_children(&root(election)).await else { return };
     for child in children {
-        let is_version = child.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let is_version =
+            child.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         if !is_version || keep.contains(&child.as_str()) {
             continue;
         }
@@ -260,7 +271,10 @@ async fn rollback(client: &zk::Client, election: &str) -> Result<String, String>
         return Err(format!("nothing is published under {election}: nothing to roll back"));
     };
     let Some(previous) = manifest.previous.clone() else {
-        return Err(format!("{} is the only published version: nothing to roll back to", manifest.current.version));
+        return Err(format!(
+            "{} is the only published version: nothing to roll back to",
+            manifest.current.version
+        ));
     };
     if let Ok(Some(_)) = client.check_stat(&bad_path(election, &previous.sha256)).await {
         return Err(format!(
@@ -268,14 +282,17 @@ async fn rollback(client: &zk::Client, election: &str) -> Result<String, String>
             previous.version
         ));
     }
-    let rolled = Manifest { current: previous.clone(), previous: Some(manifest.current.clone()), reverted: None };
+    let rolled =
+        Manifest { current: previous.clone(), previous: Some(manifest.current.clone()), reverted: None };
     let path = manifest_path(election);
     match client.set_data(&path, &rolled.to_bytes(), Some(stat_version)).await {
         Ok(_) => Ok(format!(
             "rolled back {election} from {} to {} (sha256 {})",
             manifest.current.version, previous.version, previous.sha256
         )),
-        Err(zk::Error::BadVersion) => Err("the manifest changed meanwhile; nothing was rolled back, try again".into()),
+        Err(zk::Error::BadVersion) => {
+            Err("the manifest changed meanwhile; nothing was rolled back, try again".into())
+        }
         Err(e) => Err(denied(&path, e)),
     }
 }
@@ -375,7 +392,11 @@ pub fn command(args: PublishArgs) -> u8 {
     }
 }
 
-async fn connect_for_publish(connect: &ConnectString, access: &ZkAccess, timeout: Duration) -> Result<zk::Client, String> {
+async fn connect_for_publish(
+    connect: &ConnectString,
+    access: &ZkAccess,
+    timeout: Duration,
+) -> Result<zk::Client, String> {
     super::publish::connect(connect, access, timeout.max(Duration::from_secs(4)), timeout).await
 }
 
@@ -400,7 +421,10 @@ pub async fn status_lines(client: &zk::Client, election: &str) -> String {
         }
     }
     if let Some(r) = &manifest.reverted {
-        out.push_str(&format!("reverted: {} by {} in term {} at {}: {}\n", r.version, r.by, r.term, r.at, r.reason));
+        out.push_str(&format!(
+            "reverted: {} by {} in term {} at {}: {}\n",
+            r.version, r.by, r.term, r.at, r.reason
+        ));
     }
     out
 }
