@@ -8,6 +8,7 @@
 //! - [`state`]: fenced state, kept in ZooKeeper across failovers.
 //! - [`schedule`]: cron and interval schedules, and the slot ledger;
 //!   [`slots`] runs a schedule's slots for the supervisor.
+//! - [`rollout`]: `zkrun publish` and participants that follow it.
 //! - [`supervisor`]: the one place where leadership drives the job.
 //! - [`cli`], [`status`], [`logging`]: the `zkrun` command.
 //! - [`metrics`], [`health`], [`notify`]: what operators watch (Prometheus,
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod plugin;
+pub mod rollout;
 pub mod schedule;
 pub mod slots;
 pub mod state;

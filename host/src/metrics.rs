@@ -76,6 +76,7 @@ pub struct Metrics {
     slot_runs: Family<OutcomeLabel, Counter>,
     slot_lag: Gauge<f64, AtomicU64>,
     slot_next_due: Gauge,
+    rollout_reverts: Counter,
     /// Serialises scrapes: the reconnect counter follows the election's by
     /// the difference since the last scrape.
     scrape: Mutex<u64>,
@@ -166,7 +167,14 @@ impl Metrics {
             "When the next slot of the schedule is due (Unix time), while leading",
             slot_next_due.clone(),
         );
+        let rollout_reverts = Counter::default();
+        registry.register(
+            "rollout_reverts",
+            "Published plugin versions this host reverted after they failed on it as leader",
+            rollout_reverts.clone(),
+        );
         Arc::new(Metrics {
+            rollout_reverts,
             registry,
             is_leader,
             term,
@@ -235,6 +243,11 @@ impl Metrics {
         if let Some(next) = next_due_unix {
             self.slot_next_due.set(next);
         }
+    }
+
+    /// This host reverted a published version (see `rollout`).
+    pub fn rollout_reverted(&self) {
+        self.rollout_reverts.inc();
     }
 
     /// The supervisor loop went round: it is responsive.

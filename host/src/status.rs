@@ -229,6 +229,11 @@ impl Reader {
         Ok(Reader { client, timeout })
     }
 
+    /// The session, for readers of other parts of the election (rollout).
+    pub fn client(&self) -> &zk::Client {
+        &self.client
+    }
+
     /// Reads the election, as of a `sync` through the ensemble's leader.
     pub async fn read(&self, election: &str) -> Result<ElectionStatus, StatusError> {
         let failed = |error| StatusError::Failed { election: election.to_string(), error };

@@ -67,6 +67,8 @@ pub struct JobSettings {
     pub state_quota: StateQuota,
     /// Run the job on this schedule's slots instead of every tick.
     pub schedule: Option<crate::schedule::Schedule>,
+    /// With `--plugin published`: reverts a published version that fails here.
+    pub rollout: Option<Arc<crate::rollout::follow::Guard>>,
 }
 
 /// Why the supervisor stopped.
@@ -617,6 +619,15 @@ impl Supervisor {
             mono_ns = monotonic_ns(),
             "plugin failed; resigning so another host can lead"
         );
+        // A published version that fails on the leader goes back to the
+        // previous one while this host still holds the fence to say so.
+        if let Some(guard) = &self.settings.rollout {
+            let fence = self.election.fence().filter(|fence| fence.term == term);
+            let why = failure.to_string();
+            if guard.plugin_failed(fence, term, self.plugin.sha256(), &why).await.is_some() {
+                self.metrics.rollout_reverted();
+            }
+        }
         self.deliver_demoted(None, term, state, plugin::DemoteReason::PluginFailed).await;
         self.election.resign(rejoin_after).await;
     }

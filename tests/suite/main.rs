@@ -14,6 +14,7 @@ mod guests;
 mod hostmem;
 mod model;
 mod ops;
+mod rollout;
 mod runtime;
 mod schedules;
 mod security;

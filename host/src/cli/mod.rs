@@ -73,6 +73,9 @@ enum Command {
     Status(StatusArgs),
     /// Validate a plugin against the zkrun:plugin/job world.
     Check(CheckArgs),
+    /// Publish a component to every participant started with --plugin published
+    /// (or --list what is published, or --rollback to the previous version).
+    Publish(crate::rollout::publish::PublishArgs),
     /// Compile a component ahead of time for this zkrun (load the result
     /// with --trust-precompiled); zkrun also runs this as its compiler child.
     Compile(CompileArgs),
@@ -160,6 +163,7 @@ pub fn main() -> ExitCode {
         Some(Command::Check(args)) => check(args),
         Some(Command::Compile(args)) => compile(args),
         Some(Command::Schedule(args)) => schedule_command(args),
+        Some(Command::Publish(args)) => crate::rollout::publish::command(args),
     };
     ExitCode::from(code)
 }
@@ -195,7 +199,9 @@ const COMPILE_PROGRESS: Duration = Duration::from_secs(5);
 async fn serve(settings: RunSettings) -> u8 {
     // First of all, so that SIGTERM/SIGINT during a long first compile end
     // the process cleanly (exit 0, nothing joined yet).
-    let mut signals = match forward_signals() {
+    // The follower of `--plugin published` asks for reloads on the same channel.
+    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+    let mut signals = match forward_signals(signal_tx.clone(), signal_rx) {
         Ok(signals) => signals,
         Err(e) => {
             error!(event = "fatal", error = %e, "cannot install signal handlers");
@@ -223,6 +229,35 @@ async fn serve(settings: RunSettings) -> u8 {
         Err(e) => {
             error!(event = "fatal", error = %e, "cannot start the WebAssembly runtime");
             return exit::FAILURE;
+        }
+    };
+    // `--plugin published`: start from the published version (waiting for
+    // one if need be), then follow the manifest.
+    let mut settings = settings;
+    let follower = match &settings.follow {
+        None => None,
+        Some(follow) => {
+            let started = crate::rollout::follow::Follower::start(
+                settings.zk.clone(),
+                settings.zk_access.clone(),
+                settings.session_timeout,
+                settings.election.clone(),
+                settings.id.clone(),
+                follow.clone(),
+                settings.max_component_size as u64,
+                runtime.clone(),
+            )
+            .await;
+            match started {
+                Ok((follower, staged)) => {
+                    settings.plugin = staged;
+                    Some(follower)
+                }
+                Err(e) => {
+                    error!(event = "fatal", error = e, "cannot follow the published plugin: {e}");
+                    return exit::UNREACHABLE;
+                }
+            }
         }
     };
     // A plugin that cannot run must not take part in the election: check it
@@ -314,6 +349,9 @@ async fn serve(settings: RunSettings) -> u8 {
         lease: settings.lease,
         access: settings.zk_access.clone(),
     });
+    if let Some(follower) = follower {
+        follower.spawn(election.clone(), signal_tx.clone());
+    }
     status::warn_same_id(
         settings.zk.clone(),
         settings.zk_access.clone(),
@@ -334,6 +372,9 @@ async fn serve(settings: RunSettings) -> u8 {
             connect_timeout: settings.connect_timeout,
             state_quota: settings.state_quota,
             schedule: settings.schedule.clone(),
+            rollout: settings.follow.as_ref().map(|follow| {
+                crate::rollout::follow::Guard::new(settings.election.clone(), settings.id.clone(), follow)
+            }),
         },
     );
     if let Some(listener) = listener {
@@ -346,13 +387,15 @@ async fn serve(settings: RunSettings) -> u8 {
 }
 
 /// SIGTERM/SIGINT ask for a graceful shutdown (a second one exits at once);
-/// SIGHUP asks for a reload.
-fn forward_signals() -> std::io::Result<mpsc::UnboundedReceiver<Signal>> {
+/// SIGHUP asks for a reload (as does a published version, through `tx`).
+fn forward_signals(
+    tx: mpsc::UnboundedSender<Signal>,
+    rx: mpsc::UnboundedReceiver<Signal>,
+) -> std::io::Result<mpsc::UnboundedReceiver<Signal>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stopping = false;
         loop {
@@ -417,6 +460,10 @@ fn status_command(args: StatusArgs) -> u8 {
         let mut last = reader.read(&election).await?;
         if !show(&last).unwrap_or(false) {
             return Ok(last);
+        }
+        if !json {
+            // What is published, and whether a revert happened (rollout).
+            let _ = output::print(&crate::rollout::publish::status_lines(reader.client(), &election).await);
         }
         if watch {
             // Until interrupted, the reader goes, or the session is lost.

@@ -82,6 +82,8 @@ pub struct RunSettings {
     pub metrics: Option<SocketAddr>,
     /// Run the job on a schedule's slots instead of every tick.
     pub schedule: Option<Schedule>,
+    /// With `--plugin published`: how to follow the published plugin.
+    pub follow: Option<crate::rollout::follow::FollowSettings>,
 }
 
 /// The `run` flags, as given (all optional: the file and defaults fill in).
@@ -184,6 +186,8 @@ pub struct RunArgs {
     pub security: SecurityArgs,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+    #[command(flatten)]
+    pub rollout: crate::rollout::follow::FollowArgs,
 }
 
 /// The schedule flags (issue 24; docs/schedules.md).
@@ -594,7 +598,16 @@ impl RunArgs {
 
         let schedule = self.schedule.resolve(file.schedule, &in_file)?;
 
+        // `--plugin published` follows `zkrun publish` (see rollout).
+        let follow = if plugin.as_os_str() == crate::rollout::follow::PUBLISHED {
+            Some(self.rollout.resolve()?)
+        } else if !self.rollout.trust_key.is_empty() {
+            return Err("--trust-key applies to --plugin published only".into());
+        } else {
+            None
+        };
         Ok(RunSettings {
+            follow,
             plugin,
             zk,
             zk_access,
