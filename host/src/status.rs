@@ -517,6 +517,10 @@ fn escaped(status: &ElectionStatus) -> ElectionStatus {
                 ..m.clone()
             })
             .collect(),
+        stale_lease: status
+            .stale_lease
+            .as_ref()
+            .map(|stale| StaleLease { node: clean(&stale.node), ..stale.clone() }),
     }
 }
 
