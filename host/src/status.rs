@@ -5,12 +5,13 @@
 //! a zkrun leader rewrites it at every renewal, so its `mtime` is when the
 //! ZooKeeper server that applied the last renewal stamped it, its version
 //! counts renewals, and its record holds the leader's deadline. The age of
-//! the last renewal is this host's wall clock minus that `mtime`: it
-//! compares two machines' clocks, so it is taken at its word only when it is
-//! plausible. When it says the lease lapsed, or that the renewal lies in the
-//! future, status watches the lease node for two refresh periods instead:
-//! a renewal seen then proves the lease fresh (and the clocks disagree), no
-//! renewal proves it lapsed, whatever the clocks say.
+//! the last renewal by this host's wall clock minus that `mtime` compares
+//! two machines' clocks, so it never decides alone: a clock behind the
+//! ensemble's makes a dead leader's last renewal look recent. Status watches
+//! the lease node instead, on this host's monotonic clock: a renewal seen
+//! proves the lease fresh (a working leader renews every refresh period, a
+//! quarter of its deadline); none for a whole deadline proves it lapsed,
+//! whatever the clocks say. The clocks only describe (the renewal's age).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -311,13 +312,9 @@ impl Reader {
         let age_ms = wall_ms() - stat.mtime;
         let judged = judge(age_ms, deadline_ms, stat.version);
         let plausible = age_ms >= -FUTURE_SLACK_MS;
-        if plausible && judged.state == Freshness::Fresh {
-            return Ok(Some(judged));
-        }
-        // Do not take two machines' clocks at their word when they say the
-        // lease is over: a working leader renews every refresh period (a
-        // quarter of its deadline), so watch for two of them.
-        let period = Duration::from_millis(deadline_ms / 2).min(self.timeout);
+        // Never "fresh" from the clocks: watch for a renewal for up to a
+        // whole deadline (a live leader renews within a quarter of it).
+        let period = Duration::from_millis(deadline_ms).min(self.timeout);
         let observed = match self.await_renewal(path, stat.version, period).await? {
             // The lease node went while we watched: its session expired or
             // its leader stood down. Either way the lease is over; saying
@@ -329,9 +326,23 @@ impl Reader {
                 deadline_in_ms: Some(deadline_ms as i64),
                 ..judged
             },
-            Some(false) if plausible => judged,
+            // No renewal for a deadline: lapsed, however recent the
+            // clocks make the last one look. A shorter watch (--timeout)
+            // proves only that renewals were missed.
             Some(false) => {
-                LeaseStatus { state: Freshness::Lapsed, renewed_ms_ago: None, deadline_in_ms: None, ..judged }
+                let state = if period.as_millis() >= u128::from(deadline_ms) {
+                    Freshness::Lapsed
+                } else {
+                    Freshness::Suspended
+                };
+                let mut deadline_in_ms = deadline_ms as i64 - age_ms.max(0);
+                if state == Freshness::Lapsed {
+                    deadline_in_ms = deadline_in_ms.min(0);
+                }
+                match plausible {
+                    true => LeaseStatus { state, deadline_in_ms: Some(deadline_in_ms), ..judged },
+                    false => LeaseStatus { state, renewed_ms_ago: None, deadline_in_ms: None, ..judged },
+                }
             }
         };
         Ok(Some(LeaseStatus { observed: true, ..observed }))
@@ -641,6 +652,7 @@ mod tests {
             election: "/e".into(),
             exists: true,
             participants: vec![member(0, 1, "latch-0000000001", forged, &stat)],
+            stale_lease: None,
         };
         let text = render(&status);
         assert_eq!(text.lines().count(), 3, "{text}");

@@ -208,6 +208,22 @@ fn status_shows_the_lease_and_the_plugin_and_exits_by_leadership() {
     frozen.wait_event("elected", SOON, is_elected);
     frozen.signal(libc::SIGSTOP);
     frozen.wait_stopped();
+    // This host's clock 3 s behind the ensemble's makes the frozen leader's
+    // last renewal look recent (2.5 s ago reads as 0.5 s ahead, inside the
+    // slack for clocks): status must not call it fresh (issue 22).
+    std::thread::sleep(Duration::from_millis(2500));
+    let behind = Command::new("faketime")
+        .args(["-f", "-3s"])
+        .arg(paths::zkrun_binary())
+        .args(["status", "--zk", &zk, "--election", election, "--json"])
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .expect("run zkrun status under faketime (scripts/setup.sh installs it)");
+    let json: serde_json::Value = serde_json::from_slice(&behind.stdout)
+        .unwrap_or_else(|_| panic!("status JSON: {}", String::from_utf8_lossy(&behind.stderr)));
+    assert_eq!(behind.status.code(), Some(1), "{json:#}");
+    assert_eq!(json["participants"][0]["lease"]["state"], "lapsed", "{json:#}");
+    assert_eq!(json["participants"][0]["lease"]["observed"], true, "{json:#}");
     let (code, json) = wait_for("the frozen leader's lease to lapse", SOON, || {
         let (code, json) = status(&zk, election);
         (code != Some(0)).then_some((code, json))

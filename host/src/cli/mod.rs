@@ -114,7 +114,7 @@ struct StatusArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
-    /// How long to try to reach the ensemble
+    /// How long to try to reach the ensemble, and at most how long to watch for a lease renewal
     #[arg(long, value_name = "DURATION", value_parser = settings::parse_duration, default_value = "10s")]
     timeout: Duration,
     /// Keep watching: print again whenever the status changes (Ctrl-C ends it)
@@ -453,7 +453,7 @@ fn status_command(args: StatusArgs) -> u8 {
     let result = tokio_runtime().block_on(async {
         if watch && !json {
             // Connecting and the first read can take seconds (a lapsed
-            // lease is watched for two refresh periods): say so at once.
+            // lease is watched for up to its deadline): say so at once.
             let _ = output::print(&format!("watching {election} on {connect} (Ctrl-C ends it)\n"));
         }
         let reader = status::Reader::connect(&connect, &access, args.timeout).await?;
