@@ -310,6 +310,9 @@ impl Fleet {
     }
 }
 
+/// The ZooKeeper floor's handover times: watched, and read.
+type FloorSamples = (Vec<f64>, Vec<f64>);
+
 /// Handovers of every peer, interleaved round by round (peer order rotating
 /// each round), so that load drifting over the run hits every peer alike.
 /// With `floor`, each round also measures the floor once, in the same run.
@@ -318,7 +321,7 @@ fn handovers(
     kinds: &[Kind],
     signal: i32,
     rounds: usize,
-    mut floor_samples: Option<(&tokio::runtime::Runtime, &mut (Vec<f64>, Vec<f64>))>,
+    mut floor_samples: Option<(&tokio::runtime::Runtime, &mut FloorSamples)>,
 ) -> (BTreeMap<&'static str, Vec<f64>>, BTreeMap<&'static str, usize>) {
     let mut fleets: Vec<Fleet> = kinds.iter().map(|&kind| Fleet::start(bench, kind, signal)).collect();
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();

@@ -49,7 +49,7 @@ fn out_of_host_memory(e: &Event) -> bool {
 /// that it is still running.
 fn hoards_within_the_cap(p: &mut Process, what: &str, n: usize, pred: fn(&Event) -> bool) -> Vec<Event> {
     let seen = zkrun_tests::wait_for_opt(Duration::from_secs(90), || {
-        let found: Vec<Event> = p.events().into_iter().filter(|e| pred(e)).collect();
+        let found: Vec<Event> = p.events().into_iter().filter(&pred).collect();
         (found.len() >= n).then_some(found)
     })
     .unwrap_or_else(|| panic!("{what}: fewer than {n} in time\n{}", p.dump()));

@@ -177,7 +177,8 @@ fn send_slowly(url: &str, term: u64, seq: u64) -> Result<u16, String> {
     use wasi::http::outgoing_handler;
     use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs stream slowly")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let (authority, path) =
+        rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let request = OutgoingRequest::new(Fields::new());
     request.set_method(&Method::Post).map_err(|()| "method")?;
     request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
