@@ -159,7 +159,7 @@ fn check_egress_bytes(arrivals: &[ByteArrival], windows: &[Window], report: &mut
     }
 }
 
-/// The tag a witness burst write carries (`tag <term>.<seq>.<k>`), if any.
+/// The tag a witness burst write carries (`tag <term>.<instance>.<seq>.<k>`), if any.
 pub fn burst_tag(text: &str) -> Option<&str> {
     let mut words = text.split_whitespace();
     words.find(|w| *w == "tag")?;

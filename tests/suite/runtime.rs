@@ -612,13 +612,14 @@ fn compiled_code_is_cached_by_content_and_a_broken_entry_is_replaced() {
     // Another component is another entry.
     assert!(!runtime.load(&plugin("counter")).unwrap().from_cache());
 
-    // A corrupt entry is not trusted: it is compiled again and replaced.
+    // A corrupt entry is not trusted: it fails authentication (zkrun did
+    // not write those bytes), is removed, compiled again and replaced.
     for entry in std::fs::read_dir(&cache).unwrap().flatten() {
         std::fs::write(entry.path(), b"not compiled code").unwrap();
     }
     let (logs, _guard) = capture();
     assert!(!runtime.load(&plugin("heartbeat")).unwrap().from_cache());
-    assert!(logs.events().iter().any(|e| e.get("event") == "cache_entry_replaced"));
+    assert!(logs.events().iter().any(|e| e.get("event") == "cache_entry_tampered"));
     assert!(runtime.load(&plugin("heartbeat")).unwrap().from_cache());
 
     // A directory others can write is not used at all.

@@ -13,10 +13,12 @@
 //!   back without any bookkeeping of our own.
 //! - A body buffers at most [`BODY_BUFFER`] bytes (wasmtime queues one
 //!   chunk more than `p2_outgoing_body_buffer_chunks`, which is 1).
-//! - Without an HTTP grant there is nowhere a body could go: the host
-//!   refuses to create one (`outgoing-request.body` returns `err`), so it
-//!   buffers no request data at all. A job serves no HTTP, so
-//!   `outgoing-response.body` is always refused.
+//! - Without an HTTP grant a body is made and charged the same way: its
+//!   request is refused when sent (`http_refused`, naming `--allow-http`).
+//!   Refusing the body itself would hold less, but HTTP clients in guests
+//!   (`wstd`, componentize-js's `fetch`) unwrap it: a missing grant would
+//!   trap every tick instead of failing the request the guest can see.
+//!   A job serves no HTTP, so `outgoing-response.body` is always refused.
 //!
 //! The functions are wrapped by shadowing wasmtime-wasi-http's own in the
 //! linker, then calling them: their behaviour is otherwise unchanged.
@@ -111,10 +113,6 @@ pub fn guard(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     types.func_wrap(
         "[method]outgoing-request.body",
         |mut store: StoreContextMut<'_, StoreState>, (request,): (Resource<HostOutgoingRequest>,)| {
-            let refused: Result<Resource<HostOutgoingBody>, ()> = Err(());
-            if !store.data().http_granted {
-                return Ok((refused,));
-            }
             store.data_mut().reserve(BODY_BUFFER)?;
             Ok((wit::HostOutgoingRequest::body(&mut view(&mut store), request)?,))
         },

@@ -262,9 +262,6 @@ pub struct StoreState {
     state: Option<Arc<dyn StateStore>>,
     http: WasiHttpCtx,
     egress: Egress,
-    /// Whether any `--allow-http` grant exists: without one, the host
-    /// buffers no request body for the guest (see `held.rs`).
-    http_granted: bool,
 }
 
 impl WasiView for StoreState {
@@ -513,7 +510,6 @@ impl Runtime {
             resignation: None,
             state,
             http,
-            http_granted: !self.config.grants.http.is_empty(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);

@@ -45,7 +45,9 @@
 //! puts a [`BURST_BYTES`]-byte value under one of [`BURST_KEYS`] keys in
 //! turn (past a 1 MiB byte quota once they fill), and every fifth tick a
 //! burst of small writes past the write rate. Each value starts with
-//! `tag <term>.<seq>.<k>`; a write refused for the quota logs (and
+//! `tag <term>.<instance>.<seq>.<k>` (`instance`: when this instance first
+//! ticked, since a term may get a fresh instance after a hook stopped in
+//! doubt, and its ticks count from 1 again); a write refused for the quota logs (and
 //! journals) `quota refused <key> tag <tag>: <error>`, one that landed
 //! `quota put <key> tag <tag> version <V>`. The checker asserts that no
 //! refused tag is ever stored.
@@ -66,6 +68,8 @@ const JOURNAL: &str = "/journal/ticks";
 
 /// Ticks of this instance, numbering its blind puts.
 static TICKS: AtomicU64 = AtomicU64::new(0);
+/// When this instance first wrote a quota burst (tags must be unique).
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
 struct Witness;
 
@@ -216,13 +220,15 @@ const RATE_BURST: u64 = 30;
 /// fifth tick a burst of small ones past the write rate.
 fn quota_burst(term: u64, seq: u64) {
     let key = format!("burst-{}", seq % BURST_KEYS);
-    let tag = format!("{term}.{seq}.0");
+    let _ = INSTANCE.compare_exchange(0, monotonic_clock::now(), Ordering::Relaxed, Ordering::Relaxed);
+    let instance = INSTANCE.load(Ordering::Relaxed);
+    let tag = format!("{term}.{instance}.{seq}.0");
     let mut value = format!("tag {tag} ").into_bytes();
     value.resize(BURST_BYTES, b'x');
     quota_put(&key, &tag, &value);
     if seq % 5 == 0 {
         for k in 1..=RATE_BURST {
-            let tag = format!("{term}.{seq}.{k}");
+            let tag = format!("{term}.{instance}.{seq}.{k}");
             if !quota_put("burst-rate", &tag, format!("tag {tag}").as_bytes()) {
                 break;
             }
