@@ -315,7 +315,9 @@ fn check_liveness(history: &History, report: &mut Report) {
                     .iter()
                     .filter(|(who, e)| who != id && e.kind() == "elected")
                     .filter_map(|(_, e)| e.mono_ns())
-                    .find(|&at| at > f.start_ns);
+                    // The earliest: events are grouped by participant, not in time order.
+                    .filter(|&at| at > f.start_ns)
+                    .min();
                 if next.is_none_or(|at| at > f.start_ns + ns(bound)) {
                     report.violations.push(format!(
                         "late takeover: {id} froze at {} with the next in line's connection reset every 0.5 s; \
