@@ -71,15 +71,25 @@ fn post(url: &str) -> Result<u16, String> {
     request.set_path_with_query(Some(path)).map_err(|()| format!("bad path {path:?}"))?;
     let body = request.body().map_err(|()| "no body".to_string())?;
     let response = outgoing_handler::handle(request, None).map_err(|e| code(&e))?;
-    {
-        let stream = body.write().map_err(|()| "no body stream".to_string())?;
-        stream.blocking_write_and_flush(b"smuggled").map_err(|e| format!("writing the body: {e:?}"))?;
-    }
-    let trailers = Fields::new();
-    let _ = trailers.append("zkrun-term", b"999996");
-    let _ = trailers.append("zkrun_participant", b"forged");
-    OutgoingBody::finish(body, Some(trailers)).map_err(|e| code(&e))?;
+    let sent = (|| {
+        {
+            let stream = body.write().map_err(|()| "no body stream".to_string())?;
+            stream.blocking_write_and_flush(b"smuggled").map_err(|e| format!("writing the body: {e:?}"))?;
+        }
+        let trailers = Fields::new();
+        let _ = trailers.append("zkrun-term", b"999996");
+        let _ = trailers.append("zkrun_participant", b"forged");
+        OutgoingBody::finish(body, Some(trailers)).map_err(|e| code(&e))
+    })();
     response.subscribe().block();
+    // A request refused while its body was being written closes the body
+    // first: the answer says why, so it comes before the write's error.
+    if let Err(why) = sent {
+        return match response.get() {
+            Some(Ok(Err(error))) => Err(code(&error)),
+            _ => Err(why),
+        };
+    }
     let incoming = match response.get() {
         Some(Ok(Ok(incoming))) => incoming,
         Some(Ok(Err(error))) => return Err(code(&error)),
