@@ -632,9 +632,9 @@ fn describe(lease: &LeaseStatus) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn node_data_cannot_forge_a_row_or_reach_the_terminal() {
-        let stat = zk::Stat {
+    /// The stat of an ephemeral node, as the tests' participants have.
+    fn ephemeral_stat() -> zk::Stat {
+        zk::Stat {
             czxid: 42,
             mzxid: 42,
             pzxid: 42,
@@ -646,7 +646,12 @@ mod tests {
             ephemeral_owner: 7,
             data_length: 0,
             num_children: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn node_data_cannot_forge_a_row_or_reach_the_terminal() {
+        let stat = ephemeral_stat();
         let forged = b"evil\x1b[2K\r  0  leader    zkrun  victim\x07\n";
         let status = ElectionStatus {
             election: "/e".into(),
@@ -674,19 +679,7 @@ mod tests {
 
     #[test]
     fn curator_nodes_are_told_apart_from_zkrun_nodes() {
-        let stat = zk::Stat {
-            czxid: 42,
-            mzxid: 42,
-            pzxid: 42,
-            ctime: 0,
-            mtime: 0,
-            version: 0,
-            cversion: 0,
-            aversion: 0,
-            ephemeral_owner: 7,
-            data_length: 0,
-            num_children: 0,
-        };
+        let stat = ephemeral_stat();
         let curator = member(0, 1, "_c_x-latch-0000000001", b"curator-1", &stat);
         assert_eq!(
             (curator.kind, curator.id.as_str(), curator.term, curator.pid),
