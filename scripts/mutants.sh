@@ -5,7 +5,11 @@
 # Prints caught/missed per mutant. Not part of CI (about 5 minutes per
 # mutant); its last result is in docs/chaos.md.
 #
-#   scripts/mutants.sh [--tests] [--seed N] [--duration 100s] [mutant...]
+#   scripts/mutants.sh [--tests] [--seed N]... [--duration 100s] [mutant...]
+#
+# Each --seed adds a chaos run per mutant (default: the one seed 20261125).
+# A mutant counts as caught firmly with at least 2 violations in a run;
+# fewer is printed as "thin".
 #
 # On a shared machine, MUTANTS_RUN='/work/bin/zk-slot-solo' runs each chaos
 # run (and MUTANTS_TESTS='/work/bin/zk-slot' each test run) under that
@@ -19,14 +23,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seed=20261125
+seeds=()
 duration=100s
 with_tests=0
 only=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --tests) with_tests=1 ;;
-        --seed) seed=$2; shift ;;
+        --seed) seeds+=("$2"); shift ;;
         --duration) duration=$2; shift ;;
         -*) echo "mutants: unknown option $1" >&2; exit 2 ;;
         *) only+=("$1") ;;
@@ -174,6 +178,7 @@ declare -A tests_of=(
     [demote_at_l]='test(partitioned_leader) | test(quorum_loss_demotes)'
 )
 [ ${#only[@]} -gt 0 ] && mutants=("${only[@]}")
+[ ${#seeds[@]} -gt 0 ] || seeds=(20261125)
 
 nice cargo build --release -p zkrun -p zkrun-tests --bins >/dev/null
 scripts/build-plugins.sh >/dev/null
@@ -197,26 +202,30 @@ for m in "${mutants[@]}"; do
         fi
     fi
     restore
-    status=0
-    ZKRUN_BINARY="$PWD/$out/zkrun-$m" ${MUTANTS_RUN:-} target/release/zkrun-chaos --quiet --seed "$seed" --duration "$duration" \
-        --save "$out/$m.history" >"$out/$m.report" 2>&1 || status=$?
-    violations=$(sed -n 's/^violations: //p' "$out/$m.report")
-    kinds=$(sed -n '/^violations:/,$s/^  \([a-z][a-z ]*[a-z]\)[: ].*/\1/p' "$out/$m.report" | sort | uniq -c |
-        sed 's/^ *\([0-9]*\) \(.*\)/\2 ×\1/' | paste -sd, - | sed 's/,/, /g')
-    if [ "$m" = none ]; then
-        chaos="${violations:-?} violations (exit $status)${kinds:+: $kinds}"
-    elif [ "$status" = 1 ] && [ "${violations:-0}" -gt 0 ]; then
-        chaos="caught: $kinds"
-    else
-        chaos="MISSED (exit $status)"
-    fi
-    results+=("$(printf '%-24s tests: %-22s chaos: %s' "$m" "$tests" "$chaos")")
-    echo "${results[-1]}" >&2
+    for seed in "${seeds[@]}"; do
+        status=0
+        ZKRUN_BINARY="$PWD/$out/zkrun-$m" ${MUTANTS_RUN:-} target/release/zkrun-chaos --quiet --seed "$seed" \
+            --duration "$duration" --save "$out/$m.$seed.history" >"$out/$m.$seed.report" 2>&1 || status=$?
+        violations=$(sed -n 's/^violations: //p' "$out/$m.$seed.report")
+        kinds=$(sed -n '/^violations:/,$s/^  \([a-z][a-z ]*[a-z]\)[: ].*/\1/p' "$out/$m.$seed.report" | sort | uniq -c |
+            sed 's/^ *\([0-9]*\) \(.*\)/\2 ×\1/' | paste -sd, - | sed 's/,/, /g')
+        if [ "$m" = none ]; then
+            chaos="${violations:-?} violations (exit $status)${kinds:+: $kinds}"
+        elif [ "$status" = 1 ] && [ "${violations:-0}" -ge 2 ]; then
+            chaos="caught ($violations): $kinds"
+        elif [ "$status" = 1 ] && [ "${violations:-0}" -gt 0 ]; then
+            chaos="thin ($violations): $kinds"
+        else
+            chaos="MISSED (exit $status)"
+        fi
+        results+=("$(printf '%-30s seed %-9s tests: %-22s chaos: %s' "$m" "$seed" "$tests" "$chaos")")
+        echo "${results[-1]}" >&2
+    done
 done
 
 restore
 trap - EXIT
 cargo build --release -p zkrun --bin zkrun >/dev/null 2>&1
 echo
-echo "mutants (seed $seed, $duration of faults, $(nproc) cores, $(date -u +%F)):"
+echo "mutants (seeds ${seeds[*]}, $duration of faults each, $(nproc) cores, $(date -u +%F)):"
 printf '%s\n' "${results[@]}"

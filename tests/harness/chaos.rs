@@ -621,12 +621,17 @@ impl World {
                 let next = self.next_in_line(target);
                 // The joiner: another participant, stopped first so that it
                 // joins after the deletion (its look then shows the old
-                // leader's lease node behind the next in line).
+                // leader's lease node behind the next in line). Every other
+                // participant is stopped too, so that the joiner's node is
+                // the one just behind the next in line's: only then is the
+                // next in line's departure the joiner's cue to lead, and
+                // only then can a shortcut that skips the standing lease
+                // node be seen.
                 let others: Vec<usize> =
                     (0..self.slots.len()).filter(|&i| i != target && Some(i) != next).collect();
                 let joiner = others.choose(rng).copied();
-                if let Some(c) = joiner {
-                    self.stop(c);
+                for &i in &others {
+                    self.stop(i);
                 }
                 self.slots[target].proxy.delay_downstream(t.mul_f64(0.75 + 0.25 * fault.level));
                 std::thread::sleep(Duration::from_millis(100));
@@ -644,8 +649,8 @@ impl World {
                 }
                 std::thread::sleep(fault.hold);
                 self.slots[target].proxy.delay_downstream(Duration::ZERO);
-                if let Some(b) = next {
-                    self.start_participant(b);
+                for i in next.into_iter().chain(others.into_iter().filter(|&i| Some(i) != joiner)) {
+                    self.start_participant(i);
                 }
             }
             FaultKind::DeleteTwice => {

@@ -18,7 +18,10 @@
 //!     leader frozen and the next in line's connection reset, the takeover
 //!     comes within `1.15 L + 0.5 s` (1.5 × its normal time);
 //! 15. **observable decisions**: no `lead_decision` with `path=shortcut`
-//!     while another participant's lease node certainly existed.
+//!     while another participant's lease node certainly existed, and no
+//!     decision on a warm proof (`shortcut`, `takeover`) taken on another
+//!     connection than the one it led on (`proof_generation` ≠
+//!     `generation`: notifications may have been lost across the change).
 //!
 //! Each has a test that feeds it a planted failure (`tests/suite/chaos.rs`).
 
@@ -376,6 +379,16 @@ fn check_decisions(events: &[(String, Event)], history: &History, report: &mut R
                 report.violations.push(format!("lead_decision: {id} logged an unknown path {other:?}"));
                 continue;
             }
+        }
+        if e.str("path") != "full" && e.json["proof_generation"] != e.json["generation"] {
+            report.violations.push(format!(
+                "warm proof across a reconnect: {id} led on its warm proof ({} path, term {:?}) taken on \
+                 connection {} while on connection {}",
+                e.str("path"),
+                e.term(),
+                e.json["proof_generation"],
+                e.json["generation"]
+            ));
         }
         if e.str("path") != "shortcut" {
             continue;

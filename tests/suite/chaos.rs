@@ -467,14 +467,20 @@ fn liveness_flags_slow_handovers_long_gaps_and_stalls() {
 }
 
 fn decision(id: &str, path: &str, at_ms: u64) -> (String, zkrun_tests::Event) {
+    decision_on(id, path, at_ms, 3)
+}
+
+/// A `lead_decision` whose proof was taken on connection `proof_generation`
+/// (the decision itself on connection 3).
+fn decision_on(id: &str, path: &str, at_ms: u64, proof_generation: u64) -> (String, zkrun_tests::Event) {
     line(
         id,
-        serde_json::json!({"event": "lead_decision", "path": path, "generation": 3, "why": "leader left",
-            "term": 14, "mono_ns": at_ms * MS}),
+        serde_json::json!({"event": "lead_decision", "path": path, "generation": 3,
+            "proof_generation": proof_generation, "why": "leader left", "term": 14, "mono_ns": at_ms * MS}),
     )
 }
 
-/// Property 14: a `lead_decision` on the shortcut path while another
+/// Property 15: a `lead_decision` on the shortcut path while another
 /// participant's lease node stood is reported; other paths are counted.
 #[test]
 fn a_shortcut_past_a_standing_lease_is_flagged() {
@@ -494,6 +500,23 @@ fn a_shortcut_past_a_standing_lease_is_flagged() {
     // An unknown path is a violation too (the parser must keep up).
     events.push(decision("w2", "guess", 3060));
     assert_eq!(found(&history(events, None), "lead_decision").len(), 1);
+}
+
+/// Property 15: a decision resting on a warm proof taken on an earlier
+/// connection is reported (shortcut and takeover alike); a full read on a
+/// new connection is not.
+#[test]
+fn a_warm_proof_across_a_reconnect_is_flagged() {
+    let mut events = clean_leadership();
+    events.push(decision_on("w2", "full", 3050, 2));
+    events.push(decision_on("w2", "takeover", 3100, 3));
+    assert_eq!(found(&history(events.clone(), None), "warm proof across"), Vec::<String>::new());
+    events.push(decision_on("w2", "takeover", 3150, 2));
+    events.push(decision_on("w2", "shortcut", 3200, 1));
+    let v = found(&history(events, None), "warm proof across");
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v[0].contains("takeover path") && v[0].contains("connection 2 while on connection 3"), "{v:?}");
+    assert!(v[1].contains("shortcut path"), "{v:?}");
 }
 
 /// Byte-level egress for one request, against a real ensemble and the real

@@ -752,37 +752,53 @@ fn ticks_after(process: &Process, term: u64, after: u64) -> Vec<u64> {
         .collect()
 }
 
+/// How the deposed leader of [`newcomer_case`] is cut off.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// It hears everything 2 s late; its writes still commit.
+    Delay,
+    /// Its proxy forwards nothing, either way.
+    Partition,
+}
+
 /// Issue 22, item 1: one rule for leading, on every path. An operator
-/// deletes leader A's node while A hears everything 2 s late; B, next in
-/// line, waits on A's lease node; C joins and its look shows
+/// deletes leader A's node while A is cut off (`cut`); B, next in line,
+/// waits on A's lease node; C joins and its look shows
 /// `[B, C, zkrun-lease-A]`; B leaves. C must not lead on its warm proof
 /// (the shortcut) while A's lease node stands: A does no work after C's
 /// election. (On the code before `decide` was wired in, C led about a
-/// second after the deletion while A ticked on.)
-#[test]
-fn a_newcomer_never_leads_past_a_deposed_leaders_lease_node() {
-    let ensemble = Ensemble::start();
-    let path = "/zkrun/e/one-rule";
+/// second after the deletion while A ticked on.) Each case runs under its
+/// own election path of `ensemble`, with `lease` (`None`: the default).
+fn newcomer_case(ensemble: &Ensemble, run: &str, cut: Cut, lease: Option<&str>) {
+    let path = format!("/zkrun/e/one-rule-{run}");
+    let path = path.as_str();
     let proxy = Proxy::start(&ensemble.client_addrs());
     let direct = ensemble.connect_string();
-    let a = Process::zkrun("a", &heartbeat_args(&proxy.connect_string(), path, "10s", &[]));
+    let extra: Vec<&str> = lease.map(|l| vec!["--lease", l]).unwrap_or_default();
+    let a = Process::zkrun("a", &heartbeat_args(&proxy.connect_string(), path, "10s", &extra));
     let joined = a.wait_event("joined", SOON, |e| e.kind() == "joined");
     let term = a.wait_event("elected", SOON, |e| e.kind() == "elected").term().unwrap();
-    let mut b = Process::zkrun("b", &heartbeat_args(&direct, path, "10s", &[]));
+    let mut b = Process::zkrun("b", &heartbeat_args(&direct, path, "10s", &extra));
     b.wait_event("joined", SOON, |e| e.kind() == "joined");
     std::thread::sleep(Duration::from_secs(1));
-    // A hears of everything 2 s late; its renewals still commit, and with a
-    // 10 s session (a 5 s lease) it keeps working.
-    proxy.delay_downstream(Duration::from_secs(2));
-    std::thread::sleep(Duration::from_secs(3));
-    let slowed = monotonic_ns();
-    a.wait_event("a tick on the slow link", SOON, |e| {
-        e.is_heartbeat_tick() && e.mono_ns().unwrap_or(0) > slowed
-    });
+    match cut {
+        Cut::Delay => {
+            // A hears of everything 2 s late; its renewals still commit,
+            // and with a 10 s session (a 5 s lease) it keeps working.
+            proxy.delay_downstream(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs(3));
+            let slowed = monotonic_ns();
+            a.wait_event("a tick on the slow link", SOON, |e| {
+                e.is_heartbeat_tick() && e.mono_ns().unwrap_or(0) > slowed
+            });
+        }
+        Cut::Partition => proxy.partition(),
+    }
 
-    operator_delete(&ensemble, &format!("{path}/{}", joined.str("node")));
+    let deleted = monotonic_ns();
+    operator_delete(ensemble, &format!("{path}/{}", joined.str("node")));
     b.wait_event("B waiting on A's lease node", SOON, |e| e.kind() == "awaiting_stand_down");
-    let c = Process::zkrun("c", &heartbeat_args(&direct, path, "10s", &[]));
+    let c = Process::zkrun("c", &heartbeat_args(&direct, path, "10s", &extra));
     c.wait_event("joined", SOON, |e| e.kind() == "joined");
     // Let C look (`[B, C, zkrun-lease-A]`) and settle behind B.
     std::thread::sleep(Duration::from_millis(300));
@@ -793,19 +809,53 @@ fn a_newcomer_never_leads_past_a_deposed_leaders_lease_node() {
     a.wait_event("demoted", SOON, |e| e.kind() == "demoted");
     // Anything A still had in flight has landed by now.
     std::thread::sleep(Duration::from_secs(1));
+    proxy.heal();
     let late = ticks_after(&a, term, elected.mono_ns().unwrap());
     assert!(
         late.is_empty(),
-        "A ticked {} times after C was elected\nA:\n{}\nC:\n{}",
+        "{run} ({cut:?}, lease {lease:?}): A ticked {} times after C was elected\nA:\n{}\nC:\n{}",
         late.len(),
         a.dump(),
         c.dump()
     );
     // C's decision to lead says how it was taken: not on the shortcut.
     let decision = c.wait_event("lead_decision", SOON, |e| e.kind() == "lead_decision");
-    assert_eq!(decision.str("path"), "full", "{}", c.dump());
+    assert_ne!(decision.str("path"), "shortcut", "{}", c.dump());
     assert_eq!(decision.term(), elected.term());
     assert!(decision.json["generation"].is_u64() && !decision.str("why").is_empty(), "{}", decision.raw);
+    eprintln!(
+        "{run} ({cut:?}, lease {}): C elected {} ms after the deletion, on the {} path; A: no tick after it",
+        lease.unwrap_or("default"),
+        elected.mono_ns().unwrap().saturating_sub(deleted) / 1_000_000,
+        decision.str("path")
+    );
+}
+
+/// Issue 22, item 1, in the suite: A slowed at the default lease, and A
+/// partitioned under `--lease 1s`. `ZKRUN_ONE_RULE_RUNS=10` runs all four
+/// combinations that many times each (the issue's "10 of 10" measurement;
+/// `docs/election.md` has the result).
+#[test]
+fn a_newcomer_never_leads_past_a_deposed_leaders_lease_node() {
+    let ensemble = Ensemble::start();
+    let runs: usize = std::env::var("ZKRUN_ONE_RULE_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    if runs == 0 {
+        newcomer_case(&ensemble, "delay", Cut::Delay, None);
+        newcomer_case(&ensemble, "partition-1s", Cut::Partition, Some("1s"));
+        return;
+    }
+    for i in 0..runs {
+        for (cut, lease) in [
+            (Cut::Delay, None),
+            (Cut::Delay, Some("1s")),
+            (Cut::Partition, None),
+            (Cut::Partition, Some("1s")),
+        ] {
+            let run = format!("{i}-{cut:?}-{}", lease.unwrap_or("default")).to_lowercase();
+            newcomer_case(&ensemble, &run, cut, lease);
+        }
+    }
+    eprintln!("{} runs of each of 4 cases: A never worked after C's election", runs);
 }
 
 /// Issue 22, item 2: leading is bounded. The first in line hears

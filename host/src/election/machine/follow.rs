@@ -140,13 +140,15 @@ impl LeadPath {
 }
 
 /// Logs the one structured event every decision to lead leaves behind
-/// (`lead_decision`, fields `path`, `generation`, `why`, `term`): the chaos
-/// checker reads it to tell which path a term began on.
-fn log_lead_decision(path: LeadPath, generation: u64, why: &str, node: &OwnNode) {
+/// (`lead_decision`, fields `path`, `generation`, `proof_generation`, `why`,
+/// `term`): the chaos checker reads it to tell which path a term began on,
+/// and whether what it rested on was taken on the connection it led on.
+fn log_lead_decision(path: LeadPath, generation: u64, proof_generation: u64, why: &str, node: &OwnNode) {
     info!(
         event = "lead_decision",
         path = path.as_str(),
         generation,
+        proof_generation,
         why,
         term = node.term.0,
         mono_ns = clock::monotonic_ns(),
@@ -249,7 +251,7 @@ impl Machine {
                                 "the node ahead and its lease node went; nothing else stood in the last look"
                             }
                         };
-                        log_lead_decision(*path, generation, why, node);
+                        log_lead_decision(*path, generation, proof.generation, why, node);
                         return self.take_lead(session, node).await;
                     }
                     decision => {
@@ -303,6 +305,7 @@ impl Machine {
                 Decision::Lead => {
                     log_lead_decision(
                         LeadPath::Full,
+                        look.generation,
                         look.generation,
                         "first in line in a fresh look, and no other lease node stands",
                         node,
