@@ -57,6 +57,10 @@ pub struct ChaosConfig {
     /// Write every participant's log and journal lines here (`<id> <line>`),
     /// and the faults as applied, for reading a violation's evidence.
     pub save: Option<PathBuf>,
+    /// Run every participant under libfaketime with its clocks at this
+    /// rate (a check of the checker: outside the documented ±15%
+    /// assumption, it must report what the skew breaks).
+    pub skew_all: Option<f64>,
 }
 
 impl ChaosConfig {
@@ -78,6 +82,7 @@ impl ChaosConfig {
             kinds: FaultKind::ALL.to_vec(),
             verbose: false,
             save: None,
+            skew_all: None,
         }
     }
 }
@@ -141,11 +146,16 @@ pub enum FaultKind {
     /// Restart a participant under libfaketime with its clocks running at
     /// ×1.05 (inside the documented 15% assumption), later back to normal.
     ClockSkew,
+    /// Reset the next in line's connections, then (0–100 ms later, once it
+    /// reconnected) SIGTERM the leader: the departure is notified on the
+    /// new connection, while the warm proof was taken on the old one. Done
+    /// twice in a row, the second time on the new leader.
+    ResetThenStop,
 }
 
 impl FaultKind {
     /// Every kind of fault.
-    pub const ALL: [FaultKind; 23] = [
+    pub const ALL: [FaultKind; 24] = [
         FaultKind::KillParticipant,
         FaultKind::StopParticipant,
         FaultKind::PauseShort,
@@ -169,6 +179,7 @@ impl FaultKind {
         FaultKind::SlowHeadOfLine,
         FaultKind::ResetWhileFrozen,
         FaultKind::ClockSkew,
+        FaultKind::ResetThenStop,
     ];
 
     /// Whether it is one of the compound kinds or operator sequences (more
@@ -182,6 +193,7 @@ impl FaultKind {
                 | FaultKind::DeleteTwice
                 | FaultKind::SlowHeadOfLine
                 | FaultKind::ResetWhileFrozen
+                | FaultKind::ResetThenStop
         )
     }
 }
@@ -287,6 +299,7 @@ impl Iterator for Schedule {
             FaultKind::SlowHeadOfLine => self.period.mul_f64(3.0) + ms(2000..3000, rng),
             FaultKind::ResetWhileFrozen => t.mul_f64(rng.random_range(1.3..2.0)),
             FaultKind::ClockSkew => ms(4000..8000, rng),
+            FaultKind::ResetThenStop => ms(500..1500, rng),
         };
         let level = rng.random_range(0.0..1.0);
         let gap = ms(500..3000, rng);
@@ -378,7 +391,7 @@ struct World {
 
 impl World {
     fn start_participant(&mut self, i: usize) {
-        self.start_participant_at(i, None);
+        self.start_participant_at(i, self.config.skew_all);
     }
 
     /// Starts participant `i`, its clocks running at `rate` if given.
@@ -698,6 +711,22 @@ impl World {
                 }
                 self.signal(target, libc::SIGCONT);
                 self.slots[target].paused = false;
+            }
+            FaultKind::ResetThenStop => {
+                let mut stopped = Vec::new();
+                for round in 0..2 {
+                    let Some(leader) = self.leader() else { break };
+                    let Some(next) = self.next_in_line(leader) else { break };
+                    self.slots[next].proxy.reset();
+                    let wait = if round == 0 { fault.level } else { 1.0 - fault.level };
+                    std::thread::sleep(Duration::from_millis((100.0 * wait) as u64));
+                    self.stop(leader);
+                    stopped.push(leader);
+                    std::thread::sleep(fault.hold);
+                }
+                for i in stopped {
+                    self.start_participant(i);
+                }
             }
             FaultKind::ClockSkew => {
                 self.stop(target);

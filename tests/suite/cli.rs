@@ -625,3 +625,103 @@ fn a_cold_start_says_it_compiles_and_stops_on_sigterm_mid_compile() {
     let joined = ["starting", "session", "joined", "zk_unreachable"];
     assert!(p.events().iter().all(|e| !joined.contains(&e.kind())), "{}", p.dump());
 }
+
+/// `bytes` (a component) with a custom section named `name` appended: the
+/// same program, another sha256, so another cache entry.
+fn with_custom_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+/// Issue 27: the compiled-code cache stays under `--cache-max-size` across
+/// many different builds, the least recently used entry going first, and
+/// `zkrun cache` lists and prunes it. The suite uses the Rust heartbeat;
+/// `ZKRUN_CACHE_PLUGIN=heartbeat-py ZKRUN_CACHE_BUILDS=20` runs the issue's
+/// twenty Python builds (minutes: each compiles for seconds).
+#[test]
+fn the_compiled_code_cache_stays_under_its_limit_and_zkrun_cache_lists_and_prunes_it() {
+    let plugin = std::env::var("ZKRUN_CACHE_PLUGIN").unwrap_or_else(|_| "heartbeat".into());
+    let builds: usize = std::env::var("ZKRUN_CACHE_BUILDS").ok().and_then(|n| n.parse().ok()).unwrap_or(6);
+    let dir = TempDir::new("cache-limit");
+    let xdg = dir.path().join("xdg");
+    let cache_dir = xdg.join("zkrun");
+    let zkrun = |args: &[&str]| -> std::process::Output {
+        std::process::Command::new(paths::zkrun_binary())
+            .args(args)
+            .env_remove("CACHE_DIRECTORY")
+            .env("XDG_CACHE_HOME", &xdg)
+            .output()
+            .expect("run zkrun")
+    };
+    let original = std::fs::read(paths::plugin(&plugin)).unwrap();
+    let build = |i: usize| -> std::path::PathBuf {
+        let path = dir.path().join(format!("{plugin}-{i}.wasm"));
+        std::fs::write(&path, with_custom_section(&original, "zkrun-test-build", i.to_string().as_bytes()))
+            .unwrap();
+        path
+    };
+    let entries = || -> Vec<(String, u64)> {
+        let mut found: Vec<(String, u64)> = std::fs::read_dir(&cache_dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    let check = |path: &std::path::Path, limit: &str| -> String {
+        let out = zkrun(&["check", path.to_str().unwrap(), "--cached", "--cache-max-size", limit]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // One entry first, to size the limit: room for two and a half.
+    check(&build(0), "1GiB");
+    let entry = entries()[0].1;
+    let limit = entry * 5 / 2;
+    let limit_text = limit.to_string();
+    for i in 1..=builds {
+        let report = check(&build(i), &limit_text);
+        assert!(!report.contains("from the compiled-code cache"), "build {i} is new: {report}");
+        let now = entries();
+        let total: u64 = now.iter().map(|(_, size)| size).sum();
+        assert!(total <= limit && now.len() == 2, "after build {i}: {total} bytes in {now:?}, limit {limit}");
+    }
+    eprintln!(
+        "{builds} builds of {plugin} (entries of {entry} bytes): the cache held 2 entries, at most {limit} bytes"
+    );
+    // The latest is served from the cache; the first was evicted.
+    assert!(check(&build(builds), &limit_text).contains("from the compiled-code cache"));
+    assert!(!check(&build(1), &limit_text).contains("from the compiled-code cache"));
+
+    let listed = String::from_utf8_lossy(&zkrun(&["cache", "list"]).stdout).into_owned();
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(listed.contains("in 2 entries in") && listed.contains(cache_dir.to_str().unwrap()), "{listed}");
+    // Least recently used first: build 1 was just checked, so it is last.
+    let sha1 = zkrun::rollout::sha256_hex(&std::fs::read(build(1)).unwrap());
+    assert!(listed.lines().nth(1).unwrap().contains(&sha1), "{listed}");
+    let pruned = zkrun(&["cache", "prune", "--max-size", "0"]);
+    let pruned = String::from_utf8_lossy(&pruned.stdout);
+    assert!(pruned.starts_with("removed 2 entries"), "{pruned}");
+    assert!(entries().is_empty());
+}

@@ -140,6 +140,65 @@ fn one_publish_moves_the_fleet_in_the_same_term_and_a_failing_version_is_reverte
     assert_eq!(started.str("sha256"), sha2, "{}", started.raw);
 }
 
+/// Issue 25: a host waiting for a first published version stops on one
+/// SIGTERM (exit 0); a publisher SIGKILLed after its chunks landed but
+/// before its manifest leaves nothing any host loads, and the next publish
+/// goes through; a participant started in the middle of a rollout starts on
+/// the current manifest, not the version the fleet is leaving.
+#[test]
+fn a_killed_publisher_publishes_nothing_and_late_or_waiting_hosts_behave() {
+    let ensemble = Ensemble::start();
+    let election = "/zkrun/rollout/killed";
+    let dir = TempDir::new("rollout-killed");
+    let (v1, v2) = (plugin_copy(&dir, "heartbeat"), plugin_copy(&dir, "counter"));
+    let (sha1, sha2) = (sha256_of(&v1), sha256_of(&v2));
+
+    let mut waiting = follower(&ensemble, election, "waiting", &[]);
+    waiting.wait_event("waiting for a version", SOON, |e| e.kind() == "rollout_waiting");
+    waiting.signal(libc::SIGTERM);
+    let status = waiting
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no exit within 5 s of one SIGTERM\n{}", waiting.dump()));
+    assert_eq!(status.code(), Some(0), "{}", waiting.dump());
+
+    publish_ok(&ensemble, election, &[v1.to_str().unwrap(), "--label", "v1"]);
+    let p0 = follower(&ensemble, election, "p0", &[]);
+    assert_eq!(p0.wait_event("starting", SOON, |e| e.kind() == "starting").str("sha256"), sha1);
+    p0.wait_event("joined", SOON, |e| e.kind() == "joined");
+
+    // The publisher's replies come 3 s late: its chunk writes land at once,
+    // but it cannot write the manifest before it has heard them all.
+    let proxy = zkrun_tests::Proxy::start(&ensemble.client_addrs());
+    proxy.delay_downstream(Duration::from_secs(3));
+    let mut command = std::process::Command::new(paths::zkrun_binary());
+    command.args(["publish", v2.to_str().unwrap(), "--label", "v2-killed", "--zk"]);
+    command.args([proxy.connect_string().as_str(), "--election", election]);
+    let mut publisher = Process::spawn("publisher", command);
+    let chunks = zkrun::rollout::version_path(election, "v2");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let operator = runtime.block_on(zookeeper_client::Client::connect(&ensemble.connect_string())).unwrap();
+    zkrun_tests::wait_for("chunks of v2 written", SOON, || {
+        std::thread::sleep(Duration::from_millis(20));
+        runtime.block_on(operator.list_children(&chunks)).ok().filter(|c| !c.is_empty()).map(|_| ())
+    });
+    publisher.kill();
+    let listed = publish_ok(&ensemble, election, &["--list"]);
+    assert!(listed.lines().next().unwrap().starts_with("current   v1 "), "{listed}");
+    assert!(!listed.contains("v2-killed"), "{listed}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!p0.events().iter().any(|e| e.kind() == "reloaded"), "p0 reloaded:\n{}", p0.dump());
+
+    // The next publish goes through (the leftover chunks are replaced), and
+    // a participant started while the fleet is still on v1 starts on v2.
+    publish_ok(&ensemble, election, &[v2.to_str().unwrap(), "--label", "v2"]);
+    let late = follower(&ensemble, election, "late", &[]);
+    assert_eq!(late.wait_event("starting", SOON, |e| e.kind() == "starting").str("sha256"), sha2);
+    reloaded_to(&p0, &sha2);
+    late.wait_event("joined", SOON, |e| e.kind() == "joined");
+    let listed = publish_ok(&ensemble, election, &["--list"]);
+    assert!(listed.lines().next().unwrap().starts_with("current   v2 "), "{listed}");
+}
+
 #[test]
 fn tampered_chunks_unsigned_versions_and_oversized_components_are_refused() {
     let ensemble = Ensemble::start();

@@ -1,5 +1,6 @@
 //! The `zkrun` command line: `run` (the default), `status` and `check`.
 
+mod cache;
 mod output;
 pub mod security;
 pub mod settings;
@@ -82,6 +83,8 @@ enum Command {
     /// List the next slots of a schedule in its time zone, to check a cron
     /// expression before deploying it.
     Schedule(ScheduleCommandArgs),
+    /// List the compiled-code cache's entries, or prune it to a size.
+    Cache(cache::CacheArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,6 +154,9 @@ struct CheckArgs {
     /// of compiling afresh: for authors who check often
     #[arg(long)]
     cached: bool,
+    /// With --cached: most the cache may hold [default: 512MiB]
+    #[arg(long, value_name = "SIZE", value_parser = settings::parse_bytes, requires = "cached")]
+    cache_max_size: Option<usize>,
 }
 
 /// Parses the command line and runs the command; returns the exit code.
@@ -164,6 +170,7 @@ pub fn main() -> ExitCode {
         Some(Command::Compile(args)) => compile(args),
         Some(Command::Schedule(args)) => schedule_command(args),
         Some(Command::Publish(args)) => crate::rollout::publish::command(args),
+        Some(Command::Cache(args)) => cache::command(args),
     };
     ExitCode::from(code)
 }
@@ -217,6 +224,7 @@ async fn serve(settings: RunSettings) -> u8 {
         participant: settings.id.clone(),
         compile: CompileLimits {
             cache: settings.cache_dir.clone(),
+            cache_max_size: settings.cache_max_size,
             trust_precompiled: settings.trust_precompiled,
             max_size: settings.max_component_size as u64,
             timeout: settings.compile_timeout,
@@ -237,7 +245,7 @@ async fn serve(settings: RunSettings) -> u8 {
     let follower = match &settings.follow {
         None => None,
         Some(follow) => {
-            let started = crate::rollout::follow::Follower::start(
+            let start = crate::rollout::follow::Follower::start(
                 settings.zk.clone(),
                 settings.zk_access.clone(),
                 settings.session_timeout,
@@ -246,8 +254,19 @@ async fn serve(settings: RunSettings) -> u8 {
                 follow.clone(),
                 settings.max_component_size as u64,
                 runtime.clone(),
-            )
-            .await;
+            );
+            tokio::pin!(start);
+            // Waiting for a first published version may take as long as the
+            // operator does: one SIGTERM/SIGINT ends it, exit 0.
+            let started = loop {
+                tokio::select! {
+                    started = &mut start => break started,
+                    Some(signal) = signals.recv() => if signal == Signal::Shutdown {
+                        info!(event = "shutdown", id = settings.id, "stopped while waiting for a published plugin, before joining the election");
+                        return exit::OK;
+                    },
+                }
+            };
             match started {
                 Ok((follower, staged)) => {
                     settings.plugin = staged;
@@ -542,6 +561,7 @@ fn check(args: CheckArgs) -> u8 {
         compile: CompileLimits {
             // check compiles afresh unless asked: it says how long compiling takes.
             cache: if args.cached { crate::plugin::default_cache_dir() } else { None },
+            cache_max_size: args.cache_max_size.map_or(defaults.compile.cache_max_size, |n| n as u64),
             trust_precompiled: args.trust_precompiled,
             max_size: args.max_component_size.map_or(defaults.compile.max_size, |n| n as u64),
             timeout: args.compile_timeout.unwrap_or(defaults.compile.timeout),
@@ -574,9 +594,10 @@ fn check(args: CheckArgs) -> u8 {
     }
     let size = std::fs::metadata(&args.plugin).map(|m| m.len()).unwrap_or(0);
     let mut text = format!(
-        "ok: {} is a zkrun:plugin/job component ({size} bytes, compiled in {} ms)\n",
+        "ok: {} is a zkrun:plugin/job component ({size} bytes, compiled in {} ms{})\n",
         args.plugin.display(),
-        plugin.compile_time().as_millis()
+        plugin.compile_time().as_millis(),
+        if plugin.from_cache() { ", from the compiled-code cache" } else { "" }
     );
     if let Some(peak) = plugin.compile_peak() {
         text += &format!(

@@ -62,6 +62,8 @@ pub struct RunSettings {
     pub compile_memory_limit: u64,
     /// The compiled-code cache, if any.
     pub cache_dir: Option<PathBuf>,
+    /// The most the cache's entries may take together, in bytes.
+    pub cache_max_size: u64,
     /// Whether `--plugin` may be precompiled code.
     pub trust_precompiled: bool,
     /// Limits on the election's fenced state.
@@ -128,6 +130,9 @@ pub struct RunArgs {
     /// Compiled-code cache directory, private to this user [default: $CACHE_DIRECTORY, else $XDG_CACHE_HOME/zkrun, else ~/.cache/zkrun]
     #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
     pub cache_dir: Option<PathBuf>,
+    /// Most the compiled-code cache may hold; least recently used entries go first, e.g. 1GiB [default: 512MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub cache_max_size: Option<usize>,
     /// Compile the plugin at every start and reload, caching nothing
     #[arg(long)]
     pub no_cache: bool,
@@ -357,6 +362,7 @@ struct PluginSection {
     compile_timeout: Option<String>,
     compile_memory_limit: Option<String>,
     cache_dir: Option<PathBuf>,
+    cache_max_size: Option<String>,
     #[serde(default)]
     trust_precompiled: bool,
     #[serde(default)]
@@ -489,6 +495,13 @@ impl RunArgs {
             "[plugin] compile-timeout",
             DEFAULT_COMPILE_TIMEOUT,
         )?;
+        let cache_max_size = match (self.cache_max_size, file.plugin.cache_max_size) {
+            (Some(n), _) => n as u64,
+            (None, Some(t)) => {
+                parse_bytes(&t).map_err(|e| format!("{}: {e}", in_file("[plugin] cache-max-size")))? as u64
+            }
+            (None, None) => crate::plugin::DEFAULT_CACHE_MAX_SIZE,
+        };
         let cache_dir = if self.no_cache {
             None
         } else {
@@ -622,6 +635,7 @@ impl RunArgs {
             compile_timeout,
             compile_memory_limit,
             cache_dir,
+            cache_max_size,
             trust_precompiled: self.trust_precompiled || file.plugin.trust_precompiled,
             state_quota,
             plugin_config,

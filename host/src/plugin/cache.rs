@@ -16,18 +16,39 @@
 //! overlaps the cache, which a grant of the parent does). An entry that
 //! fails is removed and compiled again, with a warning: code that zkrun did
 //! not write itself never runs.
+//!
+//! The cache is bounded: after each store, the least recently used entries
+//! (a load touches an entry's mtime) are removed until the entries together
+//! take at most the limit (`--cache-max-size`, [`DEFAULT_MAX_SIZE`]).
+//! `zkrun cache list` and `zkrun cache prune` show and trim it by hand.
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
 use super::sandbox::DirGrant;
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// The default bound on the entries' total size: about fourteen compiled
+/// Python components (35 MB each), hundreds of Rust ones.
+pub const DEFAULT_MAX_SIZE: u64 = 512 << 20;
+
+/// One compiled entry of the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Its file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last stored or loaded.
+    pub used: SystemTime,
+}
 
 /// The hex sha256 of a component's bytes: its identity in logs and the cache.
 pub fn sha256(bytes: &[u8]) -> String {
@@ -101,6 +122,8 @@ pub struct Cache {
     dir: PathBuf,
     /// The secret entries are authenticated with.
     key: [u8; 32],
+    /// The most the entries may take together, in bytes.
+    max_size: u64,
 }
 
 /// The length of an entry's authentication tag.
@@ -179,7 +202,50 @@ impl Cache {
             ));
         }
         let key = key_for(dir)?;
-        Ok(Cache { dir: dir.to_path_buf(), key })
+        Ok(Cache { dir: dir.to_path_buf(), key, max_size: DEFAULT_MAX_SIZE })
+    }
+
+    /// The same cache, bounded to `max_size` bytes of entries.
+    pub fn with_max_size(mut self, max_size: u64) -> Cache {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Every compiled entry, least recently used first.
+    pub fn entries(&self) -> Vec<Entry> {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut entries: Vec<Entry> = dir
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some(Entry { path: e.path(), size: meta.len(), used: meta.modified().ok()? })
+            })
+            .collect();
+        entries.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.path.cmp(&b.path)));
+        entries
+    }
+
+    /// Removes the least recently used entries until the rest take at most
+    /// `max_size` bytes; `keep` goes last (only if it alone is too large).
+    /// Returns what was removed.
+    pub fn prune(&self, max_size: u64, keep: Option<&Path>) -> Vec<Entry> {
+        let mut entries = self.entries();
+        // The kept entry is the last to go.
+        entries.sort_by_key(|e| Some(e.path.as_path()) == keep);
+        let mut total: u64 = entries.iter().map(|e| e.size).sum();
+        let mut removed = Vec::new();
+        for entry in entries {
+            if total <= max_size {
+                break;
+            }
+            if fs::remove_file(&entry.path).is_ok() {
+                total -= entry.size;
+                tracing::info!(event = "cache_evicted", path = %entry.path.display(), size = entry.size, max_size, "removed the least recently used compiled-code cache entry");
+                removed.push(entry);
+            }
+        }
+        removed
     }
 
     /// Where the entry for a component with `sha256` compiled by `engine` lives.
@@ -222,7 +288,14 @@ impl Cache {
         // for an engine with the same settings (its name says so); wasmtime
         // checks the version and settings again before using it.
         match unsafe { Component::deserialize(engine, &bytes) } {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                // Used now: the least recently used entries are evicted first.
+                let _ = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Some(component)
+            }
             Err(e) => {
                 tracing::warn!(event = "cache_entry_replaced", path = %path.display(), error = %format!("{e:#}").lines().next().unwrap_or_default(), "a compiled-code cache entry did not load; compiling again");
                 let _ = fs::remove_file(&path);
@@ -251,6 +324,10 @@ impl Cache {
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
             tracing::warn!(event = "cache_write_failed", path = %path.display(), error = %e, "could not store compiled code; the next start compiles again");
+            return;
+        }
+        if self.prune(self.max_size, Some(&path)).iter().any(|e| e.path == path) {
+            tracing::warn!(event = "cache_entry_too_large", path = %path.display(), size = compiled.len(), max_size = self.max_size, "the compiled code alone is larger than the cache's limit (--cache-max-size): not kept");
         }
     }
 }
@@ -300,6 +377,32 @@ mod tests {
         assert_eq!(check(grant(&base.join("data"), false)), Ok(()));
         assert_eq!(check(grant(&base.join("cache/zkrun-data"), false)), Ok(()));
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn prune_removes_the_least_recently_used_first_and_keeps_the_new_entry() {
+        let root = std::env::temp_dir().join(format!("zkrun-cache-lru-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        let cache = Cache::open(&root.join("c")).unwrap().with_max_size(250);
+        let base = SystemTime::now() - std::time::Duration::from_secs(100);
+        for (i, name) in ["old", "mid", "new"].iter().enumerate() {
+            let path = root.join("c").join(format!("{name}.cwasm"));
+            fs::write(&path, [0u8; 100]).unwrap();
+            let f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            f.set_modified(base + std::time::Duration::from_secs(10 * i as u64)).unwrap();
+        }
+        let names = |entries: Vec<Entry>| -> Vec<String> {
+            entries.iter().map(|e| e.path.file_name().unwrap().to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(names(cache.entries()), ["old.cwasm", "mid.cwasm", "new.cwasm"]);
+        // Kept: "old" was just stored; "mid" is the least recently used other.
+        let keep = root.join("c/old.cwasm");
+        assert_eq!(names(cache.prune(250, Some(&keep))), ["mid.cwasm"]);
+        assert_eq!(names(cache.prune(0, Some(&keep))), ["new.cwasm", "old.cwasm"]);
+        assert!(cache.entries().is_empty());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -39,7 +39,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use bindings::zkrun::plugin::state as wit_state;
 pub use bindings::{DemoteReason, Level};
 use bindings::{Job, JobPre, Leadership};
-pub use cache::{check_grants as check_cache_grants, default_dir as default_cache_dir};
+pub use cache::{
+    Cache, DEFAULT_MAX_SIZE as DEFAULT_CACHE_MAX_SIZE, check_grants as check_cache_grants,
+    default_dir as default_cache_dir,
+};
 pub use egress::{
     DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_HTTP_MAX_RESPONSE, DEFAULT_HTTP_TIMEOUT, ELECTION_HEADER, HttpLimits,
     HttpPrefix, PARTICIPANT_HEADER, SLOT_HEADER, TERM_HEADER,

@@ -150,6 +150,8 @@ pub enum Compiler {
 pub struct CompileLimits {
     /// The compiled-code cache directory, if any.
     pub cache: Option<PathBuf>,
+    /// The most the cache's entries may take together, in bytes.
+    pub cache_max_size: u64,
     /// Largest component file accepted, in bytes.
     pub max_size: u64,
     /// Longest a compile may take (enforced with [`Compiler::Subprocess`]).
@@ -167,6 +169,7 @@ impl Default for CompileLimits {
     fn default() -> Self {
         CompileLimits {
             cache: None,
+            cache_max_size: super::cache::DEFAULT_MAX_SIZE,
             max_size: DEFAULT_MAX_COMPONENT_SIZE,
             timeout: DEFAULT_COMPILE_TIMEOUT,
             memory: DEFAULT_COMPILE_MEMORY_LIMIT,
@@ -250,7 +253,7 @@ pub fn compile(engine: &Engine, path: &Path, limits: &CompileLimits) -> Result<C
         return Err(LoadError::CoreModule(path.into()));
     }
     let cache = limits.cache.as_deref().and_then(|dir| match Cache::open(dir) {
-        Ok(cache) => Some(cache),
+        Ok(cache) => Some(cache.with_max_size(limits.cache_max_size)),
         Err(why) => {
             tracing::warn!(event = "cache_unusable", why, "not using the compiled-code cache");
             None
