@@ -135,16 +135,18 @@ mutant_egress_write_unchecked() {
 mutant_quota_never_refuses() {
     # state/mod.rs, Usage::admit: every write is admitted.
     edit host/src/state/mod.rs \
-        'let rate = f64::from(self.quota.max_writes_per_second);' \
-        'if key.len() < usize::MAX { let _ = len; return Ok(()); } let rate = f64::from(self.quota.max_writes_per_second);'
+        'self.rate.take(quota, len.unwrap_or(0), now, within_quota)' \
+        '{ let _ = (quota, now, &within_quota); Ok(()) }'
 }
 mutant_shutdown_keeps_node() {
     # lead.rs (shutdown while leading) and machine.rs (Exit::Shutdown):
     # neither deletes the node nor closes the session; every graceful
     # handover becomes a crash handover.
     edit host/src/election/machine/lead.rs \
-        'let _ = self.delete_own(session, node, true).await;' \
-        'let _ = (&session, &node);'
+        'self.demote(term, DemoteReason::Shutdown);
+                            let _ = self.delete_own(session, node, true).await;' \
+        'self.demote(term, DemoteReason::Shutdown);
+                            let _ = (&session, &node);'
     edit host/src/election/machine.rs \
         'tokio::time::sleep(CLOSE_LINGER).await;
                     self.close(session).await;' \

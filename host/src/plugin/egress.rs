@@ -777,6 +777,35 @@ impl Body for FencedBody {
 mod tests {
     use super::*;
 
+    /// The per-write fence on its own: the chaos run cannot isolate it (the
+    /// guest's host calls and the request's cut-off on `Gate::stopped_hook`
+    /// stop a request within a watchdog tick anyway), so this shows that a
+    /// socket write after the permit lapsed is refused and nothing reaches
+    /// the peer, while the same write under a holding permit goes through.
+    #[tokio::test]
+    async fn a_write_after_the_permit_lapsed_never_reaches_the_socket() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let holds = Arc::new(AtomicBool::new(true));
+        let gate = Arc::new(Gate::default());
+        let permit = holds.clone();
+        gate.open(Duration::from_secs(60), Some(Arc::new(move || permit.load(Ordering::Acquire))));
+        let hook = gate.hook().unwrap();
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut socket = Fenced { inner: near, fence: Fence { gate, hook } };
+        socket.write_all(b"before").await.unwrap();
+        let mut got = [0u8; 6];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"before");
+
+        holds.store(false, Ordering::Release);
+        let refused = socket.write_all(b"after").await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionAborted);
+        drop(socket);
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{} bytes left after the permit lapsed", rest.len());
+    }
+
     fn covers(prefix: &str, url: &str) -> bool {
         prefix.parse::<HttpPrefix>().unwrap().covers(&url.parse().unwrap())
     }
