@@ -713,6 +713,9 @@ impl World {
                 self.slots[target].paused = false;
             }
             FaultKind::ResetThenStop => {
+                // Settle first: the handovers below must be graceful ones
+                // (property 14), so nothing else may be broken for T.
+                std::thread::sleep(self.config.session_timeout);
                 let mut stopped = Vec::new();
                 for round in 0..2 {
                     let Some(leader) = self.leader() else { break };
@@ -942,6 +945,8 @@ pub fn run(config: ChaosConfig) -> Report {
         arrivals: byte_arrivals(&world.receiver),
         state: stored_state(&world.ensemble).ok(),
         state_max_bytes: Some(STATE_MAX_BYTES),
+        // The participants run with the default byte rate.
+        state_max_bytes_per_second: Some(zkrun::state::DEFAULT_STATE_BYTES_PER_SECOND),
     };
     if let Some(path) = &config.save {
         save(path, &history);
@@ -1064,6 +1069,8 @@ pub fn load(path: &std::path::Path) -> std::io::Result<History> {
         if let Some(ms) = json["session_timeout_ms"].as_u64() {
             history.session_timeout = Duration::from_millis(ms);
             history.lease = json["lease_ms"].as_u64().map(Duration::from_millis);
+            // Every chaos run's participants write at the default byte rate.
+            history.state_max_bytes_per_second = Some(zkrun::state::DEFAULT_STATE_BYTES_PER_SECOND);
         } else if let Some(kind) = json["fault"].as_str() {
             let Some(kind) = FaultKind::ALL.into_iter().find(|k| format!("{k:?}") == kind) else { continue };
             history.faults.push(FaultSpan {

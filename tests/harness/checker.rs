@@ -73,6 +73,9 @@ pub struct History {
     pub state: Option<Vec<(String, Vec<u8>)>>,
     /// The state's byte quota the participants ran with.
     pub state_max_bytes: Option<usize>,
+    /// The state's byte rate the participants ran with (bytes a second;
+    /// the burst is one second's worth, at least one largest value).
+    pub state_max_bytes_per_second: Option<usize>,
 }
 
 /// One fault as applied.

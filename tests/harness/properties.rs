@@ -10,11 +10,15 @@
 //!     receiver after its sender's leadership window (of that term) ended,
 //!     beyond [`BYTE_SLACK_NS`]; requests cut off mid-body count too;
 //! 13. **quota**: a state write the witness logged as refused for the quota
-//!     never landed, and ZooKeeper's stored state stays under the byte quota;
+//!     never landed, ZooKeeper's stored state stays under the byte quota, and
+//!     no participant had more value bytes admitted in a term than the byte
+//!     rate's bucket allows in any window (`burst + rate × d`);
 //! 14. **liveness**: a graceful handover (SIGTERM of a leader on healthy
 //!     links) takes at most [`handover_bound`]; after each fault heals,
 //!     someone ticks within [`heal_bound`] of its kind; with a slow head of
-//!     line someone ticks within `3L + 1 s` of the leader's stop; with the
+//!     line someone ticks within `3L + 1 s` of the leader's stop; each leader
+//!     `ResetThenStop` shuts down hands over within the same bound as a
+//!     graceful handover; with the
 //!     leader frozen and the next in line's connection reset, the takeover
 //!     comes within `1.15 L + 0.5 s` (1.5 × its normal time);
 //! 15. **observable decisions**: no `lead_decision` with `path=shortcut`
@@ -181,6 +185,7 @@ fn check_quota(history: &History, report: &mut Report) {
         .filter_map(|(id, e)| Some((burst_tag(e.message())?, id.as_str())))
         .collect();
     report.quota_refused = refused.len();
+    check_byte_rate(history, report);
     let Some(stored) = &history.state else { return };
     for (key, value) in stored {
         let text = String::from_utf8_lossy(value);
@@ -199,6 +204,51 @@ fn check_quota(history: &History, report: &mut Report) {
         report
             .violations
             .push(format!("quota: the stored state holds {bytes} bytes, over its {max}-byte quota"));
+    }
+}
+
+/// The size of the witness's byte-burst values (`quota put burst-<n>`).
+pub const BURST_VALUE_BYTES: u64 = 60 * 1024;
+
+/// Property 13, the byte rate: in quota terms the witness writes a 60 KiB
+/// value every tick (600 KiB/s at 100 ms ticks), far past the byte rate. A
+/// bucket of one second's worth (`rate`, at least one 64 KiB value) admits
+/// at most `burst + rate × d` bytes in any interval `d`; the admissions come
+/// before the logged puts by a write's latency, so one value and 100 ms of
+/// rate more are allowed. Checked over every window of each participant's
+/// puts within a term; one violation per term, its worst window.
+fn check_byte_rate(history: &History, report: &mut Report) {
+    let Some(rate) = history.state_max_bytes_per_second else { return };
+    let rate = rate as f64;
+    let burst = rate.max(zkrun::state::MAX_VALUE as f64);
+    let mut puts: BTreeMap<(&str, u64), Vec<u64>> = BTreeMap::new();
+    for (id, e) in history.events.iter().filter(|(_, e)| e.kind() == "plugin_log") {
+        let message = e.message();
+        if message.starts_with("quota put burst-") && !message.starts_with("quota put burst-rate ") {
+            if let (Some(term), Some(at)) = (e.term(), e.mono_ns()) {
+                puts.entry((id.as_str(), term)).or_default().push(at);
+            }
+        }
+    }
+    for ((id, term), mut times) in puts {
+        times.sort_unstable();
+        let mut worst: Option<(u64, f64, f64)> = None;
+        for i in 0..times.len() {
+            for j in i..times.len() {
+                let d = (times[j] - times[i]) as f64 / 1e9;
+                let bytes = (j - i + 1) as f64 * BURST_VALUE_BYTES as f64;
+                let allowed = burst + rate * (d + 0.1) + zkrun::state::MAX_VALUE as f64;
+                if bytes > allowed && worst.is_none_or(|(_, b, a)| bytes - allowed > b - a) {
+                    worst = Some(((j - i + 1) as u64, bytes, allowed));
+                }
+            }
+        }
+        if let Some((n, bytes, allowed)) = worst {
+            report.violations.push(format!(
+                "quota: {id} had {n} values ({bytes:.0} bytes) admitted in term {term} faster than the \
+                 {rate:.0}-bytes-a-second rate allows (at most {allowed:.0})"
+            ));
+        }
     }
 }
 
@@ -268,6 +318,38 @@ fn check_liveness(history: &History, report: &mut Report) {
         }
 
         match f.kind {
+            FaultKind::ResetThenStop => {
+                // Each leader it stopped (a `shutdown` while leading, T
+                // after the previous fault) hands over gracefully: the
+                // next in line reconnects within milliseconds.
+                let bound = handover_bound(l);
+                for (id, e) in events.iter().filter(|(_, e)| e.kind() == "shutdown") {
+                    let Some(at) = e.mono_ns().filter(|&at| at >= f.start_ns && at <= f.end_ns) else {
+                        continue;
+                    };
+                    let quiet = previous_end.is_none_or(|end| end + ns(t) <= at);
+                    if !quiet || !leading_at(events, id, at.saturating_sub(1)) {
+                        continue;
+                    }
+                    let next = events
+                        .iter()
+                        .filter(|(who, e)| who != id && e.kind() == "elected")
+                        .filter_map(|(_, e)| e.mono_ns())
+                        .filter(|&elected| elected > at)
+                        .min();
+                    // No election at all is the leaderless-gap check's.
+                    if let Some(elected) = next
+                        && elected > at + ns(bound)
+                        && next_fault.is_none_or(|n| n > at + ns(bound))
+                    {
+                        report.violations.push(format!(
+                            "slow graceful handover: {id} shut down at {at} while leading, its successor's link \
+                             just reset; the next election came {:?} later (bound {bound:?})",
+                            Duration::from_nanos(elected - at)
+                        ));
+                    }
+                }
+            }
             FaultKind::StopParticipant => {
                 // Graceful: a healthy leader, with nothing else broken for T.
                 let Some(id) = &f.participant else { continue };

@@ -412,6 +412,27 @@ fn refused_quota_writes_never_land() {
     h.state = Some((0..20).map(|k| (format!("burst-{k}"), vec![b'x'; 60 * 1024])).collect());
     let v = found(&h, "quota");
     assert!(v.len() == 1 && v[0].contains("over its 1048576-byte quota"), "{v:?}");
+
+    // The byte rate: 60 KiB values, 2 a second, fit a 128 KiB/s bucket; 10
+    // a second (a quota that never refuses) do not.
+    let puts = |term: u64, n: u64, every_ms: u64| -> Vec<(String, zkrun_tests::Event)> {
+        (0..n)
+            .map(|k| {
+                line(
+                    "w0",
+                    serde_json::json!({"event": "plugin_log", "term": term, "mono_ns": (1000 + k * every_ms) * MS,
+                        "message": format!("quota put burst-{k} tag {term}.5.{k}.0 version 1")}),
+                )
+            })
+            .collect()
+    };
+    let mut h = history(clean_leadership(), None);
+    h.state_max_bytes_per_second = Some(128 * 1024);
+    h.events.extend(puts(10, 8, 500));
+    assert_eq!(found(&h, "quota"), Vec::<String>::new());
+    h.events.extend(puts(13, 10, 100));
+    let v = found(&h, "quota");
+    assert!(v.len() == 1 && v[0].contains("w0 had") && v[0].contains("in term 13"), "{v:?}");
 }
 
 /// Property 13: slow graceful handovers, long gaps after a heal, a
@@ -615,4 +636,21 @@ fn no_byte_of_a_slow_request_arrives_after_its_lease_ended() {
         cut[0].chunks,
         Duration::from_nanos(lease_end.saturating_sub(last))
     );
+}
+
+/// Property 14: a leader stopped by `ResetThenStop` (its successor's link
+/// just reset) must still hand over within the graceful bound.
+#[test]
+fn a_slow_handover_after_a_reset_is_flagged() {
+    let mut h = history(clean_leadership(), None);
+    h.faults = vec![span(FaultKind::ResetThenStop, None, 2500, 3500)];
+    assert_eq!(found(&h, "slow graceful"), Vec::<String>::new());
+    // The successor leads only 1.6 s after w0's shutdown: a crash handover.
+    let mut events: Vec<_> =
+        clean_leadership().into_iter().filter(|(id, e)| !(id == "w1" && e.kind() == "elected")).collect();
+    events.push(host("w1", "elected", 12, 4600));
+    let mut h = history(events, None);
+    h.faults = vec![span(FaultKind::ResetThenStop, None, 2500, 3500)];
+    let v = found(&h, "slow graceful");
+    assert!(v.len() == 1 && v[0].contains("w0 shut down at 3000000000"), "{v:?}");
 }
