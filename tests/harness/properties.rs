@@ -224,18 +224,19 @@ fn check_byte_rate(history: &History, report: &mut Report) {
     let mut puts: BTreeMap<(&str, u64), Vec<u64>> = BTreeMap::new();
     for (id, e) in history.events.iter().filter(|(_, e)| e.kind() == "plugin_log") {
         let message = e.message();
-        if message.starts_with("quota put burst-") && !message.starts_with("quota put burst-rate ") {
-            if let (Some(term), Some(at)) = (e.term(), e.mono_ns()) {
-                puts.entry((id.as_str(), term)).or_default().push(at);
-            }
+        if message.starts_with("quota put burst-")
+            && !message.starts_with("quota put burst-rate ")
+            && let (Some(term), Some(at)) = (e.term(), e.mono_ns())
+        {
+            puts.entry((id.as_str(), term)).or_default().push(at);
         }
     }
     for ((id, term), mut times) in puts {
         times.sort_unstable();
         let mut worst: Option<(u64, f64, f64)> = None;
-        for i in 0..times.len() {
-            for j in i..times.len() {
-                let d = (times[j] - times[i]) as f64 / 1e9;
+        for (i, &first) in times.iter().enumerate() {
+            for (j, &last) in times.iter().enumerate().skip(i) {
+                let d = (last - first) as f64 / 1e9;
                 let bytes = (j - i + 1) as f64 * BURST_VALUE_BYTES as f64;
                 let allowed = burst + rate * (d + 0.1) + zkrun::state::MAX_VALUE as f64;
                 if bytes > allowed && worst.is_none_or(|(_, b, a)| bytes - allowed > b - a) {
@@ -273,7 +274,11 @@ pub fn heal_bound(kind: FaultKind, t: Duration) -> Duration {
 }
 
 fn is_giving_up(kind: &str) -> bool {
+    // `Demoted { .. }` is the leadership event's own (debug) line: a
+    // shutdown logs it, and no `demoted` event, after a renewal that was in
+    // flight when `shutdown` was logged may have landed.
     matches!(kind, "demoted" | "shutdown" | "stopped" | "resigning" | "plugin_failed")
+        || kind.starts_with("Demoted {")
 }
 
 /// Whether `id` led at `at` by its own events (last leadership event).

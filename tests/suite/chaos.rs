@@ -535,6 +535,17 @@ fn a_shortcut_past_a_standing_lease_is_flagged() {
     events.push(decision("w2", "shortcut", 2000));
     let v = found(&history(events.clone(), None), "shortcut past a lease");
     assert!(v.len() == 1 && v[0].contains("w0's lease node"), "{v:?}");
+    // A renewal that landed while w0 shut down, then its demotion (the
+    // leadership event's debug line), then the shortcut: w0's lease node
+    // went with its node (a false alarm of the first 30-minute soak).
+    let mut stopping = clean_leadership();
+    stopping.push(lease("w0", 10, 3010, 2000));
+    stopping.push(line(
+        "w0",
+        serde_json::json!({"event": "Demoted { term: Term(10), reason: Shutdown }", "mono_ns": 3020 * MS}),
+    ));
+    stopping.push(decision("w2", "shortcut", 3050));
+    assert_eq!(found(&history(stopping, None), "shortcut past a lease"), Vec::<String>::new());
     // An unknown path is a violation too (the parser must keep up).
     events.push(decision("w2", "guess", 3060));
     assert_eq!(found(&history(events, None), "lead_decision").len(), 1);
