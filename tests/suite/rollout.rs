@@ -28,10 +28,14 @@ fn publish_ok(ensemble: &Ensemble, election: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The fleet's tick interval: the swap may cost at most two of them.
+const TICK_MS: u64 = 500;
+
 /// A participant following the published plugin of `election`.
 fn follower(ensemble: &Ensemble, election: &str, id: &str, extra: &[&str]) -> Process {
+    let tick = format!("{TICK_MS}ms");
     let args =
-        participant_args(&ensemble.connect_string(), election, Path::new("published"), "200ms", "4s", extra);
+        participant_args(&ensemble.connect_string(), election, Path::new("published"), &tick, "4s", extra);
     Process::zkrun(id, &args)
 }
 
@@ -95,7 +99,8 @@ fn one_publish_moves_the_fleet_in_the_same_term_and_a_failing_version_is_reverte
         "no second term: {}",
         fleet[leader].dump()
     );
-    // The new job's ticks run in the same term; the gap around the swap, measured.
+    // The new job's ticks run in the same term, and the swap costs no more
+    // than two tick intervals (the bound; one is the norm).
     let ticks = |p: &Process| -> Vec<u64> {
         p.events()
             .iter()
@@ -114,7 +119,12 @@ fn one_publish_moves_the_fleet_in_the_same_term_and_a_failing_version_is_reverte
         .max()
         .unwrap_or(0);
     println!(
-        "rollout v1 -> v2: leader term {term} kept; largest gap between job log lines around the swap: {} ms (tick 200ms)",
+        "rollout v1 -> v2: leader term {term} kept; largest gap between job log lines around the swap: {} ms (tick {TICK_MS}ms)",
+        gap / 1_000_000
+    );
+    assert!(
+        gap > 0 && gap <= 2 * TICK_MS * 1_000_000,
+        "the swap cost {} ms between ticks, over two intervals of {TICK_MS} ms",
         gap / 1_000_000
     );
 
