@@ -13,17 +13,24 @@
 //! quarter of its deadline); none for a whole deadline proves it lapsed,
 //! whatever the clocks say. The clocks only describe (the renewal's age).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use jiff::Timestamp;
 use serde::Serialize;
 use zookeeper_client as zk;
 
 use crate::election::node::{self, LeaseRecord, Participant};
+use crate::schedule::Schedule;
+use crate::schedule::ledger::{self, Record};
 use crate::zkconnect::ZkAccess;
 use crate::zkpath::ConnectString;
 
 /// A renewal stamped this far in the future means the clocks disagree.
 const FUTURE_SLACK_MS: i64 = 1000;
+
+/// How many of the newest slot records `status` shows.
+const RECENT_SLOTS: usize = 5;
 
 /// What kind of participant holds a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -58,6 +65,8 @@ pub struct Member {
     pub sha256: Option<String>,
     /// The zkrun version (zkrun participants only).
     pub version: Option<String>,
+    /// The schedule it runs the job on ([`Schedule::spec`]), if any.
+    pub schedule: Option<String>,
     /// The node's sequence number.
     pub sequence: i64,
     /// The node's czxid: the term it leads (or will lead) with (zkrun
@@ -117,6 +126,35 @@ pub struct ElectionStatus {
     /// was taken over): while it is there, the first in line waits for its
     /// deadline before it leads.
     pub stale_lease: Option<StaleLease>,
+    /// The schedule the participants run the job on (the first in line's),
+    /// and its slots as the ledger holds them; `None` in tick mode.
+    pub schedule: Option<ScheduleStatus>,
+}
+
+/// A schedule and its slot ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScheduleStatus {
+    /// The schedule, for people.
+    pub schedule: String,
+    /// The next slot due after now.
+    pub next_due: Option<DueSlot>,
+    /// This schedule's records in the ledger (pruning keeps the newest).
+    pub recorded: usize,
+    /// Those records by outcome.
+    pub counts: BTreeMap<&'static str, usize>,
+    /// The newest of them, newest first.
+    pub recent: Vec<Record>,
+}
+
+/// A slot not yet due.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DueSlot {
+    /// Its id.
+    pub slot: String,
+    /// When it is due (RFC 3339, UTC).
+    pub at: String,
+    /// The same in the schedule's zone.
+    pub local: String,
 }
 
 /// The lease node of a leader whose election node is gone.
@@ -169,6 +207,14 @@ pub enum StatusError {
         /// What the client said.
         error: zk::Error,
     },
+    /// The slot ledger could not be read.
+    #[error("reading the slot ledger of election {election} failed: {error}")]
+    Ledger {
+        /// The election.
+        election: String,
+        /// What went wrong.
+        error: String,
+    },
 }
 
 impl StatusError {
@@ -184,7 +230,9 @@ impl StatusError {
         match self {
             StatusError::Unreachable { .. } => "unreachable",
             _ if self.not_authorized() => "not-authorized",
-            StatusError::NotAuthorized { .. } | StatusError::Failed { .. } => "failed",
+            StatusError::NotAuthorized { .. } | StatusError::Failed { .. } | StatusError::Ledger { .. } => {
+                "failed"
+            }
         }
     }
 }
@@ -243,6 +291,7 @@ impl Reader {
             exists: false,
             participants: Vec::new(),
             stale_lease: None,
+            schedule: None,
         };
         match self.client.sync(election).await {
             Ok(()) => {}
@@ -285,7 +334,22 @@ impl Reader {
                 }
             }
         };
-        Ok(ElectionStatus { election: election.to_string(), exists: true, participants, stale_lease })
+        let schedule = match participants.iter().find_map(|m| m.schedule.clone()) {
+            Some(spec) => {
+                let records = ledger::read(&self.client, &ledger::dir(election)).await.map_err(|e| {
+                    StatusError::Ledger { election: election.to_string(), error: e.to_string() }
+                })?;
+                Some(schedule_status(&spec, records.into_iter().map(|(r, _)| r).collect(), Timestamp::now()))
+            }
+            None => None,
+        };
+        Ok(ElectionStatus {
+            election: election.to_string(),
+            exists: true,
+            participants,
+            stale_lease,
+            schedule,
+        })
     }
 
     /// A departed leader's lease node, judged by the clocks alone (its
@@ -395,6 +459,33 @@ fn judge(age_ms: i64, deadline_ms: u64, renewals: i32) -> LeaseStatus {
     }
 }
 
+/// A schedule's standing from its spec and the ledger's records, as of `now`.
+fn schedule_status(spec: &str, records: Vec<Record>, now: Timestamp) -> ScheduleStatus {
+    let parsed = Schedule::from_spec(spec).ok();
+    let mut mine: Vec<Record> =
+        records.into_iter().filter(|r| parsed.as_ref().is_none_or(|s| s.owns(&r.slot))).collect();
+    // RFC 3339 instants in UTC sort as text.
+    mine.sort_by(|a, b| b.at.cmp(&a.at));
+    let mut counts = BTreeMap::new();
+    for record in &mine {
+        *counts.entry(record.outcome.as_str()).or_insert(0) += 1;
+    }
+    let recorded = mine.len();
+    mine.truncate(RECENT_SLOTS);
+    let (schedule, next_due) = match &parsed {
+        Some(s) => (
+            s.describe(),
+            s.next_after(now).map(|slot| DueSlot {
+                at: slot.at.to_string(),
+                local: s.local(slot.at),
+                slot: slot.id,
+            }),
+        ),
+        None => (spec.to_string(), None),
+    };
+    ScheduleStatus { schedule, next_due, recorded, counts, recent: mine }
+}
+
 fn member(position: usize, sequence: i64, name: &str, data: &[u8], stat: &zk::Stat) -> Member {
     let base = Member {
         position,
@@ -406,6 +497,7 @@ fn member(position: usize, sequence: i64, name: &str, data: &[u8], stat: &zk::St
         plugin: None,
         sha256: None,
         version: None,
+        schedule: None,
         sequence,
         term: None,
         node: name.to_string(),
@@ -422,6 +514,7 @@ fn member(position: usize, sequence: i64, name: &str, data: &[u8], stat: &zk::St
         plugin: known(who.plugin),
         sha256: known(who.sha256),
         version: known(who.version),
+        schedule: known(who.schedule),
         term: Some(stat.czxid as u64),
         ..base
     }
@@ -450,7 +543,13 @@ pub fn changed(before: &ElectionStatus, after: &ElectionStatus) -> bool {
             .map(|m| (m.node.clone(), m.role, m.id.clone(), m.lease.as_ref().map(|l| l.state)))
             .collect::<Vec<_>>()
     };
-    before.exists != after.exists || shape(before) != shape(after)
+    // A slot that starts or ends is a change too.
+    let newest_slot = |s: &ElectionStatus| {
+        s.schedule.as_ref().and_then(|s| s.recent.first()).map(|r| (r.slot.clone(), r.outcome))
+    };
+    before.exists != after.exists
+        || shape(before) != shape(after)
+        || newest_slot(before) != newest_slot(after)
 }
 
 /// Once this participant is in line, looks for another live zkrun
@@ -523,6 +622,7 @@ fn escaped(status: &ElectionStatus) -> ElectionStatus {
                 plugin: clean_opt(&m.plugin),
                 sha256: clean_opt(&m.sha256),
                 version: clean_opt(&m.version),
+                schedule: clean_opt(&m.schedule),
                 node: clean(&m.node),
                 session: clean(&m.session),
                 ..m.clone()
@@ -532,6 +632,21 @@ fn escaped(status: &ElectionStatus) -> ElectionStatus {
             .stale_lease
             .as_ref()
             .map(|stale| StaleLease { node: clean(&stale.node), ..stale.clone() }),
+        schedule: status.schedule.as_ref().map(|s| ScheduleStatus {
+            schedule: clean(&s.schedule),
+            recent: s
+                .recent
+                .iter()
+                .map(|r| Record {
+                    slot: clean(&r.slot),
+                    at: clean(&r.at),
+                    participant: clean(&r.participant),
+                    error: r.error.as_deref().map(clean),
+                    ..r.clone()
+                })
+                .collect(),
+            ..s.clone()
+        }),
     }
 }
 
@@ -602,7 +717,45 @@ fn render_escaped(status: &ElectionStatus) -> String {
             m.node
         );
     }
+    if let Some(schedule) = &status.schedule {
+        render_schedule(&mut out, schedule);
+    }
     out
+}
+
+fn render_schedule(out: &mut String, schedule: &ScheduleStatus) {
+    use std::fmt::Write;
+    let next = schedule.next_due.as_ref().map_or_else(
+        || "no slot is due again".to_string(),
+        |due| format!("next due {} (slot {})", due.local, due.slot),
+    );
+    let _ = writeln!(out, "schedule: {}; {next}", schedule.schedule);
+    let counts: Vec<String> = schedule.counts.iter().map(|(outcome, n)| format!("{outcome} {n}")).collect();
+    if schedule.recorded == 0 {
+        let _ = writeln!(out, "slots: none recorded yet");
+        return;
+    }
+    let _ = writeln!(out, "slots: {} recorded ({}); the newest:", schedule.recorded, counts.join(", "));
+    let slot_width = schedule.recent.iter().map(|r| r.slot.len()).max().unwrap_or(4).max(4);
+    let by_width = schedule.recent.iter().map(|r| r.participant.len()).max().unwrap_or(2).max(2);
+    let _ = writeln!(
+        out,
+        "  {:<slot_width$}  {:<11}  {:>7}  {:>20}  {:<by_width$}  {:>9}  error",
+        "slot", "outcome", "attempt", "term", "by", "took"
+    );
+    for r in &schedule.recent {
+        let _ = writeln!(
+            out,
+            "  {:<slot_width$}  {:<11}  {:>7}  {:>20}  {:<by_width$}  {:>9}  {}",
+            r.slot,
+            r.outcome.as_str(),
+            r.attempt,
+            r.term,
+            r.participant,
+            r.duration_ms.map_or("-".into(), |ms| format!("{ms}ms")),
+            r.error.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -650,6 +803,59 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_a_schedules_next_slot_and_its_newest_records() {
+        let schedule = crate::schedule::Schedule::from_spec("every 2000ms").unwrap();
+        let record = |at: &str, outcome, attempt, error: Option<&str>| Record {
+            slot: schedule.slot(at.parse().unwrap()).id,
+            at: at.into(),
+            outcome,
+            attempt,
+            term: 7,
+            participant: "edge\u{1b}[2J".into(),
+            claimed_ms: 0,
+            duration_ms: Some(12),
+            error: error.map(Into::into),
+        };
+        use crate::schedule::ledger::Outcome;
+        let mut records: Vec<Record> = (0..7)
+            .map(|i| record(&format!("2026-12-03T10:00:{:02}Z", i * 2), Outcome::Ok, 1, None))
+            .collect();
+        records.push(record("2026-12-03T10:00:14Z", Outcome::Interrupted, 2, Some("lease lapsed")));
+        // Another schedule's record (an earlier configuration) is not counted.
+        let mut foreign = record("2026-12-03T10:00:16Z", Outcome::Missed, 0, None);
+        foreign.slot = "ffffffff-20261203T100016Z".into();
+        records.push(foreign);
+        let status = schedule_status("every 2000ms", records, "2026-12-03T10:00:15Z".parse().unwrap());
+        assert_eq!(status.recorded, 8);
+        assert_eq!(status.counts.get("ok"), Some(&7));
+        assert_eq!(status.counts.get("interrupted"), Some(&1));
+        assert_eq!(status.counts.get("missed"), None);
+        assert_eq!(status.recent.len(), RECENT_SLOTS);
+        assert_eq!(status.recent[0].at, "2026-12-03T10:00:14Z", "newest first");
+        let due = status.next_due.as_ref().unwrap();
+        assert_eq!(due.at, "2026-12-03T10:00:16Z");
+
+        let election = ElectionStatus {
+            election: "/e".into(),
+            exists: true,
+            participants: vec![member(
+                0,
+                1,
+                "n_0000000001",
+                &Participant::this_process("edge").to_bytes(),
+                &ephemeral_stat(),
+            )],
+            stale_lease: None,
+            schedule: Some(status),
+        };
+        let text = render(&election);
+        assert!(text.contains("schedule: every 2s; next due 2026-12-03 10:00:16"), "{text}");
+        assert!(text.contains("slots: 8 recorded (interrupted 1, ok 7); the newest:"), "{text}");
+        assert!(text.contains("interrupted") && text.contains("lease lapsed"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    #[test]
     fn node_data_cannot_forge_a_row_or_reach_the_terminal() {
         let stat = ephemeral_stat();
         let forged = b"evil\x1b[2K\r  0  leader    zkrun  victim\x07\n";
@@ -658,6 +864,7 @@ mod tests {
             exists: true,
             participants: vec![member(0, 1, "latch-0000000001", forged, &stat)],
             stale_lease: None,
+            schedule: None,
         };
         let text = render(&status);
         assert_eq!(text.lines().count(), 3, "{text}");

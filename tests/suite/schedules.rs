@@ -116,6 +116,25 @@ async fn a_slot_cut_off_by_sigkill_is_retried_by_the_successor_as_attempt_2() {
     assert_ne!(record.term, started.term().unwrap(), "the retry runs under the successor's term");
     let others: Vec<&Process> = p.iter().collect();
     assert_no_slot_started_twice(&others);
+
+    // `zkrun status` shows the schedule, the next slot and the retry.
+    let zk = ensemble.connect_string();
+    let out = run_to_end(&["status", "--zk", &zk, "--election", election, "--json"], SOON);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let schedule = &status["schedule"];
+    assert_eq!(schedule["schedule"], "every 2s", "{status}");
+    assert!(schedule["next_due"]["slot"].as_str().is_some_and(|s| s > slot.as_str()), "{status}");
+    let retry = schedule["recent"].as_array().and_then(|r| r.iter().find(|r| r["slot"] == slot.as_str()));
+    let retry = retry.unwrap_or_else(|| panic!("the retried slot is not among the newest: {status}"));
+    assert_eq!(
+        (retry["outcome"].as_str(), retry["attempt"].as_u64()),
+        (Some("running"), Some(2)),
+        "{status}"
+    );
+    let out = run_to_end(&["status", "--zk", &zk, "--election", election], SOON);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("schedule: every 2s; next due "), "{table}");
+    assert!(table.lines().any(|l| l.contains(&slot) && l.contains("running")), "{table}");
 }
 
 /// One participant runs a slot, all go down across three slots, one comes

@@ -363,7 +363,8 @@ async fn serve(settings: RunSettings) -> u8 {
         connect: settings.zk.clone(),
         path: settings.election.clone(),
         participant: Participant::this_process(settings.id.clone())
-            .with_plugin(plugin.name(), plugin.sha256()),
+            .with_plugin(plugin.name(), plugin.sha256())
+            .with_schedule(settings.schedule.as_ref().map_or("", |s| s.spec())),
         session_timeout: settings.session_timeout,
         lease: settings.lease,
         access: settings.zk_access.clone(),

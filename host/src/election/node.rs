@@ -167,6 +167,10 @@ pub struct Participant {
     /// The zkrun version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// The schedule it runs the job on, as opaque text for `status`
+    /// (empty: every tick).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schedule: String,
 }
 
 impl Participant {
@@ -184,6 +188,11 @@ impl Participant {
     /// The same participant, running the plugin `name` with digest `sha256`.
     pub fn with_plugin(self, name: impl Into<String>, sha256: impl Into<String>) -> Participant {
         Participant { plugin: name.into(), sha256: sha256.into(), ..self }
+    }
+
+    /// The same participant, running its job on the schedule `spec`.
+    pub fn with_schedule(self, spec: impl Into<String>) -> Participant {
+        Participant { schedule: spec.into(), ..self }
     }
 
     /// The bytes stored in the election node.

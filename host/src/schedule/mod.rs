@@ -94,6 +94,9 @@ pub struct Schedule {
     pub max_attempts: u32,
     /// Longest run of one slot.
     pub run_timeout: Duration,
+    /// What the instants are, as text: hashed into slot ids, advertised in
+    /// the participant's node for `status` ([`Schedule::from_spec`]).
+    spec: String,
     fingerprint: String,
 }
 
@@ -141,12 +144,41 @@ impl Schedule {
             on_interrupted,
             max_attempts,
             run_timeout,
+            spec: described,
             fingerprint,
         };
         if schedule.next_after(Timestamp::now()).is_none() {
             return Err(format!("the schedule {:?} is never due", schedule.cadence));
         }
         Ok(schedule)
+    }
+
+    /// The schedule read back from its [`Schedule::spec`], with the default
+    /// policies: what `status` needs (the instants and the slot ids) from a
+    /// participant's node data.
+    pub fn from_spec(spec: &str) -> Result<Schedule, String> {
+        let unknown = || format!("not a schedule: {spec:?}");
+        let (cadence, zone) = if let Some(rest) = spec.strip_prefix("cron ") {
+            let (text, zone) = rest.rsplit_once(" in ").ok_or_else(unknown)?;
+            (parse_cron(text)?, zone)
+        } else {
+            let ms = spec.strip_prefix("every ").and_then(|s| s.strip_suffix("ms")).ok_or_else(unknown)?;
+            (Cadence::Every(Duration::from_millis(ms.parse().map_err(|_| unknown())?)), "UTC")
+        };
+        Schedule::new(
+            cadence,
+            zone,
+            DEFAULT_CATCH_UP,
+            CatchUp::Latest,
+            OnInterrupted::Retry,
+            DEFAULT_MAX_ATTEMPTS,
+            DEFAULT_RUN_TIMEOUT,
+        )
+    }
+
+    /// The instants as text, the same on every host with this schedule.
+    pub fn spec(&self) -> &str {
+        &self.spec
     }
 
     /// The slot at `at`.
@@ -319,6 +351,29 @@ mod tests {
 
     fn locals(schedule: &Schedule, after: &str, until: &str) -> Vec<String> {
         schedule.between(ts(after), ts(until), 100).iter().map(|s| schedule.local(s.at)).collect()
+    }
+
+    #[test]
+    fn a_spec_reads_back_as_the_same_slots() {
+        let every = Schedule::new(
+            Cadence::Every(Duration::from_secs(2)),
+            "UTC",
+            DEFAULT_CATCH_UP,
+            CatchUp::All,
+            OnInterrupted::Skip,
+            1,
+            DEFAULT_RUN_TIMEOUT,
+        )
+        .unwrap();
+        for original in [cron("*/1 * * * *", "Europe/Berlin"), cron("@daily", "UTC"), every] {
+            let back = Schedule::from_spec(original.spec()).unwrap();
+            let t = ts("2026-03-29T00:30:00Z");
+            assert_eq!(back.next_after(t), original.next_after(t), "{}", original.spec());
+            assert_eq!(back.describe(), original.describe());
+        }
+        for bad in ["", "cron 0 2 * * *", "every 2s", "hourly in UTC"] {
+            assert!(Schedule::from_spec(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
