@@ -516,6 +516,20 @@ impl World {
         self.retire(i);
     }
 
+    /// The leader, waiting up to `within` for one.
+    fn await_leader(&self, within: Duration) -> Option<usize> {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Some(leader);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn resolve(&self, target: Target) -> usize {
         match target {
             Target::Leader => self.leader().unwrap_or(0),
@@ -535,6 +549,11 @@ impl World {
 
     /// Injects `fault`, holds it, heals it, and records when and to whom.
     fn apply(&mut self, fault: &Fault, rng: &mut StdRng) {
+        if fault.kind == FaultKind::StopParticipant && matches!(fault.target, Target::Leader) {
+            // A graceful handover for property 14 to judge: settle first,
+            // so that nothing else has been broken for T.
+            std::thread::sleep(self.config.session_timeout);
+        }
         let target = match fault.kind {
             // Only a leader has a write to catch in flight; the compound
             // sequences are all about a leader and who comes after it.
@@ -718,7 +737,10 @@ impl World {
                 std::thread::sleep(self.config.session_timeout);
                 let mut stopped = Vec::new();
                 for round in 0..2 {
-                    let Some(leader) = self.leader() else { break };
+                    // The second round stops whoever took over, however
+                    // slowly (a slow first handover is what property 14
+                    // looks for, and it must not spare the second).
+                    let Some(leader) = self.await_leader(self.config.session_timeout * 3) else { break };
                     let Some(next) = self.next_in_line(leader) else { break };
                     self.slots[next].proxy.reset();
                     let wait = if round == 0 { fault.level } else { 1.0 - fault.level };
