@@ -27,5 +27,16 @@ else
     json=benches/results.json markdown=BENCHMARKS.md plot=benches/handover.png
 fi
 target/release/zkrun-bench $smoke --out "$json"
+# Which code ran, for the report.
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- host tests plugins wit || echo ' with local changes')"
+target/bench-venv/bin/python - "$json" "$commit" "scripts/bench.sh $smoke" <<'EOF'
+import json, sys
+path, commit, command = sys.argv[1:4]
+with open(path) as f:
+    results = json.load(f)
+results["commit"], results["command"] = commit, command.strip()
+with open(path, "w") as f:
+    json.dump(results, f, indent=2)
+EOF
 target/bench-venv/bin/python benches/render.py "$json" --markdown "$markdown" --plot "$plot"
 echo "bench: wrote $markdown and $plot"
