@@ -1,7 +1,7 @@
 // heartbeat-js: the JavaScript heartbeat. Logs "I am Leader" with its term
 // on every tick, like plugins/heartbeat. Built with componentize-js against
 // wit/ (see plugins/README.md and scripts/build-plugins.sh).
-import { log } from 'zkrun:plugin/host@0.1.1';
+import { log } from 'zkrun:plugin/host@0.1.2';
 
 // One instance serves one term: module state starts afresh every term.
 let ticks = 0;

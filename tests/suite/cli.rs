@@ -486,7 +486,7 @@ fn check_accepts_jobs_and_names_what_is_wrong_with_the_rest() {
     assert_eq!(ok.status.code(), Some(0), "{}", stderr_of(&ok));
     let text = String::from_utf8_lossy(&ok.stdout);
     assert!(text.starts_with("ok: "), "{text}");
-    for needle in ["on-elected (func)", "tick (func)", "on-demoted (func)", "zkrun:plugin/host@0.1.1"] {
+    for needle in ["on-elected (func)", "tick (func)", "on-demoted (func)", "zkrun:plugin/host@0.1.2"] {
         assert!(text.contains(needle), "{needle} missing in {text}");
     }
 

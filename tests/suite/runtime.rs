@@ -411,7 +411,7 @@ fn each_bad_plugin_gets_a_clear_one_line_error() {
 fn a_good_plugin_reports_what_it_imports_and_exports() {
     let heartbeat = runtime().load(&plugin("heartbeat")).unwrap();
     let interface = heartbeat.interface();
-    assert!(interface.imports.iter().any(|i| i.starts_with("zkrun:plugin/host@0.1.1")), "{interface:?}");
+    assert!(interface.imports.iter().any(|i| i.starts_with("zkrun:plugin/host@0.1.2")), "{interface:?}");
     assert!(interface.imports.iter().any(|i| i.starts_with("wasi:cli/stdout@0.2")), "{interface:?}");
     for hook in ["on-elected (func)", "tick (func)", "on-demoted (func)"] {
         assert!(interface.exports.iter().any(|e| e == hook), "{interface:?}");
@@ -443,7 +443,11 @@ fn plugins_import_state_only_if_they_use_it() {
     let runtime = runtime();
     let imports = |name: &str| runtime.load(&plugin(name)).unwrap().interface().imports.clone();
     assert!(!imports("heartbeat").iter().any(|i| i.starts_with("zkrun:plugin/state")));
-    assert!(imports("counter").iter().any(|i| i.starts_with("zkrun:plugin/state@0.1.1")));
+    assert!(imports("counter").iter().any(|i| i.starts_with("zkrun:plugin/state@0.1.2")));
+    // Built against 0.1.1 (see `state::a_plugin_built_for_0_1_1_…` for it running).
+    let legacy = imports("legacy-state");
+    assert!(legacy.iter().any(|i| i.starts_with("zkrun:plugin/state@0.1.1")), "{legacy:?}");
+    assert!(!legacy.iter().any(|i| i.starts_with("zkrun:plugin/slots")), "{legacy:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]

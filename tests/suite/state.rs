@@ -310,3 +310,26 @@ fn reads_work_in_every_hook_and_writes_only_while_leading() {
     });
     assert_eq!(p.wait_exit(SOON).and_then(|s| s.code()), Some(0));
 }
+
+/// A plugin built against `zkrun:plugin@0.1.1` (fenced state, before
+/// `slots`) runs unchanged on this host, its state writes fenced as ever.
+#[test]
+fn a_plugin_built_for_0_1_1_keeps_counting_in_fenced_state_on_this_host() {
+    let ensemble = Ensemble::start();
+    let args = participant_args(
+        &ensemble.connect_string(),
+        "/zkrun/state/legacy",
+        &paths::plugin("legacy-state"),
+        "200ms",
+        "4s",
+        &[] as &[&str],
+    );
+    let mut p = Process::zkrun("legacy", &args);
+    let term = p.wait_event("elected", SOON, |e| e.kind() == "elected").term().unwrap();
+    let tick = p.wait_event("the third counted tick", SOON, |e| {
+        e.kind() == "plugin_log" && e.message().starts_with("legacy tick 3:")
+    });
+    assert!(tick.message().ends_with(&format!("term {term}")), "{}", tick.raw);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(SOON).and_then(|s| s.code()), Some(0), "{}", p.dump());
+}

@@ -265,6 +265,8 @@ pub struct StoreState {
     state: Option<Arc<dyn StateStore>>,
     http: WasiHttpCtx,
     egress: Egress,
+    /// The slot the running scheduled `tick` is for (`slots.current`).
+    slot: Option<SlotFacts>,
 }
 
 impl WasiView for StoreState {
@@ -303,6 +305,19 @@ impl bindings::zkrun::plugin::host::Host for StoreState {
         // Through the one door now: the reason reaches a log line later.
         self.resignation = Some(self.output.charge(&reason));
         Ok(())
+    }
+}
+
+/// The `slots` interface: which slot the running `tick` is for.
+impl bindings::zkrun::plugin::slots::Host for StoreState {
+    async fn current(&mut self) -> wasmtime::Result<Option<bindings::zkrun::plugin::slots::Slot>> {
+        self.gate.check()?;
+        Ok(self.slot.as_ref().map(|slot| bindings::zkrun::plugin::slots::Slot {
+            id: slot.id.clone(),
+            due_ms: slot.at_ms,
+            attempt: slot.attempt,
+            previous: slot.previous.clone(),
+        }))
     }
 }
 
@@ -513,6 +528,7 @@ impl Runtime {
             resignation: None,
             state,
             http,
+            slot: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -665,8 +681,8 @@ impl Instance {
     }
 
     /// Calls `tick` for a scheduled slot: bounded by `deadline` (the run
-    /// timeout, not the hook timeout) and `permit`; HTTP requests carry the
-    /// slot id in `zkrun-slot`.
+    /// timeout, not the hook timeout) and `permit`; `slots.current` returns
+    /// the slot, and HTTP requests carry its id in `zkrun-slot`.
     pub async fn tick_within(
         &mut self,
         facts: &Facts,
@@ -675,9 +691,13 @@ impl Instance {
         slot: &SlotFacts,
     ) -> Result<(), HookFailure> {
         let hook_timeout = std::mem::replace(&mut self.timeout, deadline);
-        self.store.data_mut().egress.set_slot(Some(slot.id.clone()));
+        let data = self.store.data_mut();
+        data.egress.set_slot(Some(slot.id.clone()));
+        data.slot = Some(slot.clone());
         let result = self.tick(facts, permit).await;
-        self.store.data_mut().egress.set_slot(None);
+        let data = self.store.data_mut();
+        data.egress.set_slot(None);
+        data.slot = None;
         self.timeout = hook_timeout;
         result
     }
