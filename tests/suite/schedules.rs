@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use zkrun::schedule::ledger::{self, Outcome, Record};
 use zkrun_tests::process::{participant_args, run_to_end};
+use zkrun_tests::receiver::Receiver;
 use zkrun_tests::{Ensemble, Event, Process, paths, wait_for};
 use zookeeper_client as zk;
 
@@ -204,4 +205,128 @@ async fn all_down_across_three_slots_catch_up_latest_skips_all_but_the_latest() 
     assert!(outcomes[..first_ok].iter().all(|o| *o == Outcome::Skipped), "{outcomes:?}");
     let refs: Vec<&Process> = processes.iter().collect();
     assert_no_slot_started_twice(&refs);
+}
+
+/// The `nightly` template: each scheduled run learns its slot through
+/// `slots.current` (WIT 0.1.2) and POSTs a report naming it; the request
+/// carries the same id in `zkrun-slot`, and the ledger records the run ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nightly_template_reports_each_slot_it_runs_by_its_id() {
+    let ensemble = Ensemble::start();
+    let election = "/zkrun/sched/nightly";
+    let receiver = Receiver::start();
+    let base = receiver.base_url();
+    let url = format!("url={base}nightly");
+    let extra = ["--every", "2s", "--allow-http", base.as_str(), "--plugin-config", url.as_str()];
+    let mut p = Process::zkrun("n1", &scheduled_args(&ensemble, election, "nightly", &extra));
+    let reports = wait_for("three reports", SOON, || {
+        let reports: Vec<_> = receiver.arrivals().into_iter().filter(|a| a.path == "/nightly").collect();
+        (reports.len() >= 3).then_some(reports)
+    });
+    let started: Vec<Event> = p.events().into_iter().filter(|e| e.kind() == "slot_started").collect();
+    let mut seen = Vec::new();
+    for report in &reports {
+        let body: serde_json::Value = serde_json::from_str(&report.body).expect("a JSON report");
+        let slot = body["slot"].as_str().expect("the report names its slot").to_string();
+        let header = report.headers.iter().find(|(k, _)| k == "zkrun-slot").map(|(_, v)| v.as_str());
+        assert_eq!(header, Some(slot.as_str()), "{report:?}");
+        assert_eq!(body["attempt"], 1, "{report:?}");
+        assert_eq!(body["previous"], serde_json::Value::Null, "{report:?}");
+        assert_eq!(Some(body["term"].as_u64().unwrap()), report.term, "{report:?}");
+        // The due time is the slot's instant: a multiple of 2 s.
+        assert_eq!(body["due_ms"].as_i64().unwrap() % 2000, 0, "{report:?}");
+        let start = started.iter().find(|e| e.str("slot") == slot);
+        assert!(start.is_some(), "a report for a slot zkrun did not start: {slot}\n{}", p.dump());
+        assert!(!seen.contains(&slot), "two reports for {slot}");
+        seen.push(slot);
+    }
+    for slot in &seen {
+        p.wait_event("the run's end", SOON, |e| e.kind() == "slot_finished" && e.str("slot") == slot);
+    }
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(SOON).and_then(|s| s.code()), Some(0), "{}", p.dump());
+    let records = ledger(&ensemble, election).await;
+    for slot in &seen {
+        assert_eq!(records.get(slot).map(|r| r.outcome), Some(Outcome::Ok), "{slot}: {records:?}");
+    }
+}
+
+/// Issue 24's fleet run: `--schedule "*/1 * * * *"` with the nightly
+/// template on three hosts runs each minute once, through a SIGKILL of the
+/// leader in the middle of a run. The minute cut off is retried by the
+/// successor as attempt 2 under its own term (the same slot id, so the
+/// receiver keeps one report per minute); the next minute runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_minute_on_three_hosts_runs_once_through_a_sigkill_mid_run() {
+    let ensemble = Ensemble::start();
+    let election = "/zkrun/sched/minutely";
+    let receiver = Receiver::start();
+    let base = receiver.base_url();
+    let url = format!("url={base}nightly");
+    let extra = ["--schedule", "*/1 * * * *", "--allow-http", base.as_str(), "--plugin-config", url.as_str()];
+    // The first report is left unanswered: its run is mid-way when its host dies.
+    receiver.hold(Some(Duration::from_secs(120)));
+    let mut p: Vec<Process> = (0..3)
+        .map(|i| {
+            let z = Process::zkrun(&format!("m{i}"), &scheduled_args(&ensemble, election, "nightly", &extra));
+            z.wait_event("joined", SOON, |e| e.kind() == "joined");
+            z
+        })
+        .collect();
+    let reports = || -> Vec<(String, u64, u64, String)> {
+        receiver
+            .arrivals()
+            .into_iter()
+            .filter(|a| a.path == "/nightly")
+            .map(|a| {
+                let body: serde_json::Value = serde_json::from_str(&a.body).expect("a JSON report");
+                let slot = body["slot"].as_str().unwrap().to_string();
+                let header = a.headers.iter().find(|(k, _)| k == "zkrun-slot").map(|(_, v)| v.clone());
+                assert_eq!(header.as_deref(), Some(slot.as_str()), "{a:?}");
+                (slot, body["attempt"].as_u64().unwrap(), a.term.unwrap(), a.participant.clone().unwrap())
+            })
+            .collect()
+    };
+    let (cut, attempt, term, host) =
+        wait_for("the first minute's report", Duration::from_secs(90), || reports().into_iter().next());
+    assert_eq!(attempt, 1);
+    let leader = p.iter().position(|z| z.id == host).expect("the report names a participant");
+    p[leader].kill();
+    receiver.hold(None);
+
+    // The retry, and the next minute's run.
+    let all = wait_for("the retry and the next minute", Duration::from_secs(100), || {
+        let all = reports();
+        let retried = all.iter().any(|(slot, attempt, _, _)| *slot == cut && *attempt == 2);
+        let next = all.iter().any(|(slot, _, _, _)| *slot != cut);
+        (retried && next).then_some(all)
+    });
+    let mut per_slot: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (slot, attempt, report_term, participant) in &all {
+        per_slot.entry(slot.clone()).or_default().push(*attempt);
+        if *slot == cut && *attempt == 2 {
+            assert!(
+                *report_term > term && *participant != host,
+                "the retry came from {participant}, term {report_term}"
+            );
+        }
+    }
+    for (slot, attempts) in &per_slot {
+        let expected = if *slot == cut { vec![1, 2] } else { vec![1] };
+        assert_eq!(attempts, &expected, "{slot}: {all:?}");
+    }
+    // The ledger closes both minutes ok, the cut-off one at attempt 2.
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let records = ledger(&ensemble, election).await;
+        let outcome = |slot: &str| records.get(slot).map(|r| (r.outcome, r.attempt));
+        if per_slot.keys().all(|slot| outcome(slot).is_some_and(|(o, _)| o == Outcome::Ok)) {
+            assert_eq!(outcome(&cut), Some((Outcome::Ok, 2)));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the ledger did not close the runs: {records:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_processes: Vec<&Process> = p.iter().collect();
+    assert_no_slot_started_twice(&all_processes);
 }
