@@ -1,9 +1,10 @@
 """heartbeat-py: the Python heartbeat. Logs "I am Leader" with its term on
-every tick, like plugins/heartbeat. Built with componentize-py against wit/
+every tick, like plugins/heartbeat; on a schedule (--schedule, --every) it
+also names the slot the run is for. Built with componentize-py against wit/
 (see plugins/README.md and scripts/build-plugins.sh)."""
 
 import wit_world
-from wit_world.imports import host, types
+from wit_world.imports import host, slots, types
 
 # One instance serves one term: module state starts afresh every term.
 ticks = 0
@@ -16,9 +17,12 @@ class WitWorld(wit_world.WitWorld):
     def tick(self, leadership: types.Leadership) -> None:
         global ticks
         ticks += 1
+        # On a schedule, each tick is one slot's run; in tick mode, None.
+        slot = slots.current()
+        run = f" slot {slot.id} attempt {slot.attempt}" if slot is not None else ""
         host.log(
             types.Level.INFO,
-            f"I am Leader: term {leadership.term} id {leadership.participant} tick {ticks}",
+            f"I am Leader: term {leadership.term} id {leadership.participant} tick {ticks}{run}",
         )
 
     def on_demoted(self, reason: types.DemoteReason) -> None:

@@ -330,3 +330,27 @@ async fn every_minute_on_three_hosts_runs_once_through_a_sigkill_mid_run() {
     let all_processes: Vec<&Process> = p.iter().collect();
     assert_no_slot_started_twice(&all_processes);
 }
+
+/// The Python template on a schedule: each run names the slot it is for
+/// (`slots.current`, WIT 0.1.2), the same slot zkrun claimed and started.
+#[test]
+fn the_python_heartbeat_names_the_slot_of_each_scheduled_run() {
+    let ensemble = Ensemble::start();
+    let election = "/zkrun/sched/python";
+    let extra = ["--every", "2s"];
+    let mut p = Process::zkrun("py", &scheduled_args(&ensemble, election, "heartbeat-py", &extra));
+    // A cold start compiles the component for seconds first.
+    let run = p.wait_event("a scheduled run", Duration::from_secs(120), |e| {
+        e.is_heartbeat_tick() && e.message().contains(" slot ")
+    });
+    let started = p
+        .events()
+        .into_iter()
+        .filter(|e| e.kind() == "slot_started" && e.mono_ns() <= run.mono_ns())
+        .next_back()
+        .expect("the run was started as a slot");
+    let expected = format!(" slot {} attempt {}", started.str("slot"), started.json["attempt"]);
+    assert!(run.message().ends_with(&expected), "{} vs {expected}", run.message());
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(SOON).and_then(|s| s.code()), Some(0), "{}", p.dump());
+}
