@@ -346,8 +346,7 @@ fn the_python_heartbeat_names_the_slot_of_each_scheduled_run() {
     let started = p
         .events()
         .into_iter()
-        .filter(|e| e.kind() == "slot_started" && e.mono_ns() <= run.mono_ns())
-        .next_back()
+        .rfind(|e| e.kind() == "slot_started" && e.mono_ns() <= run.mono_ns())
         .expect("the run was started as a slot");
     let expected = format!(" slot {} attempt {}", started.str("slot"), started.json["attempt"]);
     assert!(run.message().ends_with(&expected), "{} vs {expected}", run.message());
