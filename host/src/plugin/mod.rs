@@ -364,6 +364,13 @@ impl wit_state::Host for StoreState {
 }
 
 impl StoreState {
+    /// The slot the running tick is for, in the one place that holds it:
+    /// `slots.current` returns it, and egress stamps its id as `zkrun-slot`.
+    fn set_slot(&mut self, slot: Option<SlotFacts>) {
+        self.egress.set_slot(slot.as_ref().map(|s| s.id.clone()));
+        self.slot = slot;
+    }
+
     /// The store, if the running hook may write; traps past the deadline.
     fn writable(&self) -> wasmtime::Result<Option<Arc<dyn StateStore>>> {
         self.gate.check_time()?;
@@ -691,13 +698,9 @@ impl Instance {
         slot: &SlotFacts,
     ) -> Result<(), HookFailure> {
         let hook_timeout = std::mem::replace(&mut self.timeout, deadline);
-        let data = self.store.data_mut();
-        data.egress.set_slot(Some(slot.id.clone()));
-        data.slot = Some(slot.clone());
+        self.store.data_mut().set_slot(Some(slot.clone()));
         let result = self.tick(facts, permit).await;
-        let data = self.store.data_mut();
-        data.egress.set_slot(None);
-        data.slot = None;
+        self.store.data_mut().set_slot(None);
         self.timeout = hook_timeout;
         result
     }
