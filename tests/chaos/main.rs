@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! target/release/zkrun-chaos --duration 30m --seed 1234
+//! target/release/zkrun-chaos --duration 30m --seed 1234 --every 2s   # scheduled mode
 //! ```
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ struct Options {
     /// Lease period of the participants (`zkrun --lease`), shorter than the session timeout [default: none, derived from the session timeout]
     #[arg(long, value_parser = humantime::parse_duration)]
     lease: Option<Duration>,
+    /// Scheduled mode: the participants run the witness once per slot of this period (`zkrun --every`), and the checker holds the slot ledger against the witnesses' journals
+    #[arg(long, value_parser = humantime::parse_duration)]
+    every: Option<Duration>,
     /// Only these kinds of fault, e.g. DeleteNode,PauseMidWrite [default: all]
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     faults: Vec<chaos::FaultKind>,
@@ -68,14 +72,15 @@ fn main() -> ExitCode {
     }
     let seed = options.seed.unwrap_or_else(rand::random);
     eprintln!(
-        "zkrun-chaos: seed {seed}, {:?} of faults, session timeout {:?}, lease {:?}",
-        options.duration, options.session_timeout, options.lease
+        "zkrun-chaos: seed {seed}, {:?} of faults, session timeout {:?}, lease {:?}, slots every {:?}",
+        options.duration, options.session_timeout, options.lease, options.every
     );
     let mut config = ChaosConfig::new(seed, options.duration);
     config.servers = options.servers;
     config.participants = options.participants;
     config.session_timeout = options.session_timeout;
     config.lease = options.lease;
+    config.every = options.every;
     if !options.faults.is_empty() {
         config.kinds = options.faults;
     }

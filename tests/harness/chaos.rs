@@ -16,6 +16,7 @@ use crate::checker::{HttpTally, tick_start};
 use crate::ensemble::EnsembleOptions;
 pub use crate::properties::{ByteArrival, Decisions};
 use crate::receiver::Receiver;
+use crate::slots::{LedgerWatch, ScheduledRun};
 use crate::{Ensemble, Event, EventLog, Process, Proxy, TempDir, monotonic_ns, paths};
 
 const ELECTION: &str = "/zkrun/chaos";
@@ -61,6 +62,9 @@ pub struct ChaosConfig {
     /// rate (a check of the checker: outside the documented ±15%
     /// assumption, it must report what the skew breaks).
     pub skew_all: Option<f64>,
+    /// Scheduled mode: run the witness once per slot of this period
+    /// (`zkrun --every`) instead of every tick, and check the slot ledger.
+    pub every: Option<Duration>,
 }
 
 impl ChaosConfig {
@@ -83,6 +87,7 @@ impl ChaosConfig {
             verbose: false,
             save: None,
             skew_all: None,
+            every: None,
         }
     }
 }
@@ -344,7 +349,7 @@ impl Skew {
             }
         }
         if let Some(message) = json["message"].as_str() {
-            let times = message.starts_with("witness ") || message.starts_with("start ");
+            let times = ["witness ", "start ", "slot "].iter().any(|p| message.starts_with(p));
             if times {
                 let words: Vec<String> = message
                     .split_whitespace()
@@ -436,6 +441,9 @@ impl World {
         ];
         if let Some(lease) = self.config.lease {
             args.extend(["--lease".into(), format!("{}ms", lease.as_millis()).into()]);
+        }
+        if let Some(every) = self.config.every {
+            args.extend(["--every".into(), format!("{}ms", every.as_millis()).into()]);
         }
         let mut env =
             vec![(zkrun::state::zookeeper::WRITE_DELAY_FAILPOINT.to_string(), WRITE_DELAY.to_string())];
@@ -914,6 +922,8 @@ pub fn run(config: ChaosConfig) -> Report {
         world.start_participant(i);
     }
     crate::wait_for("a first leader", Duration::from_secs(60), || world.leader());
+    let first_leader_ms = jiff::Timestamp::now().as_millisecond();
+    let ledger = config.every.map(|_| LedgerWatch::start(world.ensemble.connect_string(), ELECTION));
 
     let mut report = Report { seed: config.seed, ..Report::default() };
     let deadline = Instant::now() + config.duration;
@@ -935,7 +945,8 @@ pub fn run(config: ChaosConfig) -> Report {
 
     // Property 3: someone ticks again soon. The bound covers the reconnect
     // backoff (up to 5 s) of participants whose sessions were lost.
-    let bound = config.session_timeout + Duration::from_secs(8);
+    // A scheduled run's next tick is its next slot: up to one period more.
+    let bound = config.session_timeout + Duration::from_secs(8) + config.every.unwrap_or_default();
     let first_tick = crate::wait_for_opt(bound + Duration::from_secs(20), || {
         world.all_events().iter().filter_map(|(_, e)| tick_start(e)).filter(|&s| s > healed).min()
     });
@@ -947,7 +958,9 @@ pub fn run(config: ChaosConfig) -> Report {
         }
         None => report.violations.push("no tick after the last heal".into()),
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // Long enough for a slot after the first tick, in a scheduled run.
+    std::thread::sleep(Duration::from_secs(2) + config.every.unwrap_or_default());
+    let stopped_ms = jiff::Timestamp::now().as_millisecond();
     for i in 0..world.slots.len() {
         world.signal(i, libc::SIGTERM);
     }
@@ -969,6 +982,12 @@ pub fn run(config: ChaosConfig) -> Report {
         state_max_bytes: Some(STATE_MAX_BYTES),
         // The participants run with the default byte rate.
         state_max_bytes_per_second: Some(zkrun::state::DEFAULT_STATE_BYTES_PER_SECOND),
+        schedule: config.every.zip(ledger).map(|(every, watch)| ScheduledRun {
+            every,
+            first_leader_ms,
+            stopped_ms,
+            ledger: watch.finish(),
+        }),
     };
     if let Some(path) = &config.save {
         save(path, &history);
@@ -994,6 +1013,11 @@ fn byte_arrivals(receiver: &Receiver) -> Vec<ByteArrival> {
                 last_byte_ns: a.last_byte_ns,
                 chunks: a.chunks,
                 whole,
+                slot: a
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("zkrun-slot"))
+                    .map(|(_, v)| v.clone()),
             })
         })
         .collect()
@@ -1052,6 +1076,17 @@ fn save(path: &std::path::Path, history: &History) {
         "lease_ms": history.lease.map(|lease| lease.as_millis() as u64),
     });
     let _ = writeln!(text, "{timeout}");
+    if let Some(run) = &history.schedule {
+        let schedule = serde_json::json!({
+            "every_ms": run.every.as_millis() as u64,
+            "first_leader_ms": run.first_leader_ms,
+            "stopped_ms": run.stopped_ms,
+        });
+        let _ = writeln!(text, "{schedule}");
+        for record in &run.ledger {
+            let _ = writeln!(text, "{}", serde_json::json!({ "ledger": record }));
+        }
+    }
     for f in &history.faults {
         let fault = serde_json::json!({
             "fault": format!("{:?}", f.kind),
@@ -1069,6 +1104,7 @@ fn save(path: &std::path::Path, history: &History) {
             "last_byte_ns": a.last_byte_ns,
             "chunks": a.chunks,
             "whole": a.whole,
+            "slot": a.slot,
         });
         let _ = writeln!(text, "{arrival}");
     }
@@ -1109,7 +1145,17 @@ pub fn load(path: &std::path::Path) -> std::io::Result<History> {
                 last_byte_ns: json["last_byte_ns"].as_u64().unwrap_or(0),
                 chunks: json["chunks"].as_u64().unwrap_or(0) as usize,
                 whole: json["whole"].as_bool().unwrap_or(true),
+                slot: json["slot"].as_str().map(str::to_string),
             });
+        } else if let Some(every) = json["every_ms"].as_u64() {
+            let run = history.schedule.get_or_insert_with(ScheduledRun::default);
+            run.every = Duration::from_millis(every);
+            run.first_leader_ms = json["first_leader_ms"].as_i64().unwrap_or(0);
+            run.stopped_ms = json["stopped_ms"].as_i64().unwrap_or(0);
+        } else if json.get("ledger").is_some() {
+            if let Ok(record) = serde_json::from_value(json["ledger"].clone()) {
+                history.schedule.get_or_insert_with(ScheduledRun::default).ledger.push(record);
+            }
         } else if let (Some(id), Some(raw)) = (json["id"].as_str(), json["line"].as_str()) {
             ids.push(id.to_string());
             events.push(raw.to_string());

@@ -76,6 +76,8 @@ pub struct History {
     /// The state's byte rate the participants ran with (bytes a second;
     /// the burst is one second's worth, at least one largest value).
     pub state_max_bytes_per_second: Option<usize>,
+    /// For a scheduled run (`--every`): its period and the slot ledger.
+    pub schedule: Option<crate::slots::ScheduledRun>,
 }
 
 /// One fault as applied.
@@ -122,6 +124,8 @@ pub struct Report {
     pub quota_refused: usize,
     /// `lead_decision` events, by path.
     pub decisions: Decisions,
+    /// What became of the slots, in a scheduled run.
+    pub slots: Option<crate::slots::SlotTally>,
     /// The leaders' stamped HTTP requests, as the chaos receiver saw them.
     pub http: Option<HttpTally>,
     /// Wall time of the run.
@@ -161,6 +165,23 @@ impl fmt::Display for Report {
             writeln!(f, "longest leaderless gap overall: {gap:.1?}")?;
         }
         writeln!(f, "state writes refused for the quota: {}", self.quota_refused)?;
+        if let Some(s) = &self.slots {
+            let outcomes: Vec<String> = s.outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect();
+            writeln!(
+                f,
+                "slots: {} recorded ({}); {} runs started, {} of them retries; {} started twice in one attempt; \
+                 {} lost without a record",
+                s.outcomes.values().sum::<usize>(),
+                outcomes.join(", "),
+                s.starts,
+                s.retries,
+                s.twice,
+                s.lost
+            )?;
+            if let Some(gap) = s.longest_gap {
+                writeln!(f, "longest time between two slots' starts: {gap:.1?}")?;
+            }
+        }
         let d = &self.decisions;
         writeln!(f, "lead decisions: {} shortcut, {} full, {} takeover", d.shortcut, d.full, d.takeover)?;
         writeln!(f, "violations: {}", self.violations.len())?;
@@ -320,6 +341,7 @@ pub fn check(history: &History, report: &mut Report) {
     report.longest_gap = longest_gap(&ticks, &history.faults);
     report.longest_leaderless = crate::properties::longest_leaderless(events);
     crate::properties::check_more(history, &windows, report);
+    crate::slots::check_slots(history, report);
 }
 
 fn collect_ticks(events: &[(String, Event)]) -> Vec<Tick> {

@@ -20,6 +20,7 @@ pub mod process;
 pub mod properties;
 pub mod proxy;
 pub mod receiver;
+pub mod slots;
 pub mod tls;
 
 pub use ensemble::{Ensemble, EnsembleOptions};

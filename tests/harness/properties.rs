@@ -71,6 +71,8 @@ pub struct ByteArrival {
     pub chunks: usize,
     /// Whether it arrived whole (not cut off mid-body).
     pub whole: bool,
+    /// `zkrun-slot`, if sent (a scheduled run's request).
+    pub slot: Option<String>,
 }
 
 /// The lease period L and session timeout T of a run.
@@ -298,6 +300,8 @@ fn check_liveness(history: &History, report: &mut Report) {
     let mut ticks: Vec<u64> = events.iter().filter_map(|(_, e)| tick_start(e)).collect();
     ticks.sort_unstable();
     let next_tick = |after: u64| ticks.iter().copied().find(|&s| s > after);
+    // In a scheduled run, a leader's next tick is its next slot.
+    let slot_wait = history.schedule.as_ref().map_or(Duration::ZERO, |run| run.every);
     let mut faults: Vec<&FaultSpan> = history.faults.iter().collect();
     faults.sort_by_key(|f| f.start_ns);
     let ns = |d: Duration| d.as_nanos() as u64;
@@ -306,7 +310,7 @@ fn check_liveness(history: &History, report: &mut Report) {
         let previous_end = k.checked_sub(1).map(|p| faults[p].end_ns);
 
         // Gap after the heal, up to the next tick or the next fault.
-        let bound = heal_bound(f.kind, t);
+        let bound = heal_bound(f.kind, t) + slot_wait;
         let until = match (next_tick(f.end_ns), next_fault) {
             (Some(tick), Some(fault)) => Some(tick.min(fault)),
             (tick, fault) => tick.or(fault),
@@ -382,7 +386,7 @@ fn check_liveness(history: &History, report: &mut Report) {
                 }
             }
             FaultKind::SlowHeadOfLine => {
-                let bound = l * 3 + Duration::from_secs(1);
+                let bound = l * 3 + Duration::from_secs(1) + slot_wait;
                 if f.end_ns < f.start_ns + ns(bound) {
                     continue;
                 }

@@ -5,6 +5,23 @@ use std::time::Duration;
 
 use zkrun_tests::chaos::{self, ChaosConfig, FaultKind};
 
+/// Issue 24: 100 s of every kind of fault with the witness run once per
+/// 2-second slot (`--every 2s`): no violation (property 16 included: no
+/// slot started twice in one attempt, none lost without a record, the
+/// ledger agreeing with the journals), and slots that really ran.
+#[test]
+fn a_short_scheduled_chaos_run_finds_no_violation() {
+    let mut config = ChaosConfig::new(20261205, Duration::from_secs(100));
+    config.every = Some(Duration::from_secs(2));
+    config.verbose = true;
+    let report = chaos::run(config);
+    eprintln!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    let slots = report.slots.as_ref().expect("a scheduled run tallies its slots");
+    // Not vacuous: the run lasts over 100 s, so over 50 slots, most run.
+    assert!(slots.outcomes.get("ok").copied().unwrap_or(0) > 25 && slots.starts > 25, "{report}");
+}
+
 /// Runs 100 s of faults with `seed` and asserts no violation, every kind of
 /// fault, and a job that ran.
 fn short_run(seed: u64) {
@@ -364,6 +381,7 @@ fn arrival(term: u64, first_ms: u64, last_ms: u64, whole: bool) -> chaos::ByteAr
         last_byte_ns: last_ms * MS,
         chunks: 8,
         whole,
+        slot: None,
     }
 }
 
@@ -664,4 +682,95 @@ fn a_slow_handover_after_a_reset_is_flagged() {
     h.faults = vec![span(FaultKind::ResetThenStop, None, 2500, 3500)];
     let v = found(&h, "slow graceful");
     assert!(v.len() == 1 && v[0].contains("w0 shut down at 3000000000"), "{v:?}");
+}
+
+fn slot_start(id: &str, slot: &str, attempt: u32, term: u64, at_ms: u64) -> (String, zkrun_tests::Event) {
+    journal(id, format!("slot {slot} attempt {attempt} term {term} start {}", at_ms * MS))
+}
+
+/// A ledger record of the `--every 2s` slot due `k` periods after
+/// 2026-12-05T00:00:00Z.
+fn record(k: i64, outcome: &str, attempt: u32, term: u64) -> zkrun::schedule::ledger::Record {
+    let at = jiff::Timestamp::from_second(1_764_892_800 + 2 * k).unwrap();
+    serde_json::from_value(serde_json::json!({
+        "slot": format!("f00d-{k}"),
+        "at": at.to_string(),
+        "outcome": outcome,
+        "attempt": attempt,
+        "term": term,
+        "participant": "w0",
+    }))
+    .unwrap()
+}
+
+/// Property 16 (issue 24): a slot started twice in one attempt, a slot
+/// lost without a record or left `running`, and a ledger that disagrees
+/// with the journals are each reported; a clean scheduled history is not.
+#[test]
+fn the_slot_checker_catches_double_starts_lost_slots_and_a_lying_ledger() {
+    let start_ms = 1_764_892_800_000;
+    let run = |ledger: Vec<zkrun::schedule::ledger::Record>| zkrun_tests::slots::ScheduledRun {
+        every: Duration::from_secs(2),
+        first_leader_ms: start_ms,
+        // Slots 0 to 4 were due long enough before the stop.
+        stopped_ms: start_ms + 4 * 2000 + 3000,
+        ledger,
+    };
+    let check = |events: Vec<(String, zkrun_tests::Event)>, ledger| {
+        let mut h = history(events, None);
+        h.schedule = Some(run(ledger));
+        let mut report = chaos::Report::default();
+        chaos::check(&h, &mut report);
+        let v: Vec<String> = report.violations.into_iter().filter(|v| v.starts_with("slot")).collect();
+        (v, report.slots.unwrap())
+    };
+    // Clean: slots 0-4 ran ok, slot 2 after an interrupted first attempt.
+    let clean_events = vec![
+        slot_start("w0#0", "f00d-0", 1, 10, 100),
+        slot_start("w0#0", "f00d-1", 1, 10, 2100),
+        slot_start("w0#0", "f00d-2", 1, 10, 4100),
+        slot_start("w1#0", "f00d-2", 2, 12, 5000),
+        slot_start("w1#0", "f00d-3", 1, 12, 6100),
+        slot_start("w1#0", "f00d-4", 1, 12, 8100),
+    ];
+    let clean_ledger = || {
+        vec![
+            record(0, "ok", 1, 10),
+            record(1, "ok", 1, 10),
+            record(2, "ok", 2, 12),
+            record(3, "ok", 1, 12),
+            record(4, "ok", 1, 12),
+        ]
+    };
+    let (v, tally) = check(clean_events.clone(), clean_ledger());
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!((tally.starts, tally.retries, tally.twice, tally.lost), (6, 1, 0, 0));
+
+    // Started twice in one attempt (a second leader claimed attempt 2 too).
+    let mut twice = clean_events.clone();
+    twice.push(slot_start("w2#0", "f00d-2", 2, 14, 5100));
+    let (v, _) = check(twice, clean_ledger());
+    assert!(v.iter().any(|v| v.starts_with("slot started twice: f00d-2 attempt 2")), "{v:?}");
+
+    // Lost: no record of slot 3, and slot 4 left running.
+    let mut lost = clean_ledger();
+    lost.remove(3);
+    lost[3] = record(4, "running", 1, 12);
+    let (v, tally) = check(clean_events.clone(), lost);
+    assert_eq!(tally.lost, 2, "{v:?}");
+    assert!(v.iter().any(|v| v.starts_with("slot lost: nothing recorded")), "{v:?}");
+    assert!(v.iter().any(|v| v.contains("still `running`")), "{v:?}");
+
+    // The ledger disagrees: slot 1 recorded ok under a term that never ran
+    // it, slot 2's record stuck at attempt 1 though attempt 2 started.
+    let mut lying = clean_ledger();
+    lying[1] = record(1, "ok", 1, 11);
+    lying[2] = record(2, "ok", 1, 10);
+    let (v, _) = check(clean_events, lying);
+    assert!(v.iter().any(|v| v.contains("no witness started that run")), "{v:?}");
+    assert!(
+        v.iter().any(|v| v.contains("under term 10, but the record of that attempt has term 11")),
+        "{v:?}"
+    );
+    assert!(v.iter().any(|v| v.contains("as attempt 2 but the ledger's record is of attempt 1")), "{v:?}");
 }

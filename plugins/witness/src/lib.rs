@@ -32,6 +32,11 @@
 //! the successor's shows as a term going back in version order (seen by its
 //! writer or by the successor's next read).
 //!
+//! Scheduled runs (zkrun `--every`/`--schedule`): a run that is for a slot
+//! also journals and logs `slot <id> attempt <A> term <T> start <ns>`
+//! right after its start line, so the checker can tell each slot's starts
+//! apart by attempt and hold them against the ledger in ZooKeeper.
+//!
 //! Slow bodies (`--plugin-config slow-body=on`): in every third term
 //! (`term % 3 == 1`) the POST streams its body in [`SLOW_CHUNKS`] chunks
 //! [`SLOW_GAP_MS`] apart, so a request can straddle the end of its lease:
@@ -59,6 +64,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasi::clocks::monotonic_clock;
 use zkrun::plugin::host::{config, log};
+use zkrun::plugin::slots;
 use zkrun::plugin::state::{self, StateError};
 use zkrun::plugin::types::Level;
 
@@ -84,6 +90,11 @@ impl Guest for Witness {
         let start = monotonic_clock::now();
         journal(&format!("start {start} term {term}"));
         log(Level::Info, &format!("witness start {start} term {term}"));
+        if let Some(slot) = slots::current() {
+            let line = format!("slot {} attempt {} term {term} start {start}", slot.id, slot.attempt);
+            journal(&line);
+            log(Level::Info, &format!("witness {line}"));
+        }
         let seq = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
         let blind = config("blind").as_deref() == Some("on");
         if blind {
